@@ -1,0 +1,5 @@
+import sys
+
+from biomed.cli import main
+
+sys.exit(main())

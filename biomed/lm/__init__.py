@@ -1,0 +1,1 @@
+"""Biomedical language model: PubMed corpus, tokenizer, GPT-2 model, training, evaluation."""

@@ -1,0 +1,89 @@
+"""`biomed quickstart`: every stage of the workbench in order, on the embedded data, resumable.
+
+The run folder is fixed (``outputs/quickstart/latest/``). Each stage writes its outputs, then
+``stages/<name>.json`` with its numbers; a rerun skips stages whose record and outputs exist, so
+an interrupted quickstart continues where it stopped. Later parts of the workbench add stages
+(train the tiny LM, render phantoms, train the classifier, ...) to ``STAGES``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from biomed import runs
+from biomed.errors import ConfigError
+from biomed.hydra_app import hydra_app
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    description: str
+    outputs: tuple[str, ...]  # paths relative to the run folder
+    fn: Callable[[DictConfig, Path], dict[str, Any]]
+    data_files: Callable[[DictConfig], list[str]]
+
+
+def _corpus(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    from biomed.lm.corpus import extract
+
+    stats = extract(list(cfg.pubmed.files), run_dir / "corpus" / "pubmed.jsonl")
+    return {"pubmed_records_read": stats.read, "pubmed_abstracts": stats.written,
+            "pubmed_no_abstract": stats.no_abstract, "pubmed_deleted": stats.deleted,
+            "pubmed_duplicates": stats.duplicates, "pubmed_extract_s": round(stats.seconds, 2)}
+
+
+def _reports(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    from biomed.imaging.reports import export_reports
+
+    n = export_reports(run_dir / "reports" / "reports.jsonl", cfg.reports.file)
+    return {"iu_reports": n}
+
+
+STAGES: dict[str, Stage] = {s.name: s for s in (
+    Stage("corpus", "PubMed XML -> corpus/pubmed.jsonl", ("corpus/pubmed.jsonl",), _corpus,
+          lambda cfg: list(cfg.pubmed.files)),
+    Stage("reports", "IU chest X-ray reports -> reports/reports.jsonl",
+          ("reports/reports.jsonl",), _reports, lambda cfg: [cfg.reports.file]),
+)}
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Run the configured stages in order; returns the merged numbers of every stage."""
+    unknown = [s for s in cfg.stages if s not in STAGES]
+    if unknown:
+        raise ConfigError(f"quickstart.stages: unknown stage(s) {unknown}; known: {list(STAGES)}")
+    stages = [STAGES[s] for s in cfg.stages]
+    data_files = [f for s in stages for f in s.data_files(cfg)]
+    metrics: dict[str, Any] = {}
+    with runs.experiment(cfg, data_files) as run_dir:
+        for i, stage in enumerate(stages, 1):
+            record = run_dir / "stages" / f"{stage.name}.json"
+            done = record.exists() and all((run_dir / o).exists() for o in stage.outputs)
+            if done and not cfg.force:
+                print(f"[{i}/{len(stages)}] {stage.name}: done earlier, skipped ({record})")
+                metrics.update(json.loads(record.read_text()))
+                continue
+            print(f"[{i}/{len(stages)}] {stage.name}: {stage.description}")
+            t0 = time.perf_counter()
+            out = stage.fn(cfg, run_dir)
+            out[f"{stage.name}_seconds"] = round(time.perf_counter() - t0, 2)
+            runs.write_json(record, out)
+            metrics.update(out)
+        metrics["key_metrics"] = [k for k in ("pubmed_abstracts", "iu_reports") if k in metrics]
+        runs.finish_run(run_dir, metrics)
+    print(f"quickstart: {len(stages)} stage(s) done in {run_dir}")
+    return metrics
+
+
+main = hydra_app("quickstart")(run)
+
+if __name__ == "__main__":
+    main()
