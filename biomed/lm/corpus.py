@@ -30,7 +30,7 @@ import xml.etree.ElementTree as ET
 import zlib
 from array import array
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, TypedDict
 
@@ -91,7 +91,8 @@ def iter_pubmed_records(path: str | os.PathLike[str]) -> Iterator[PubmedRecord |
     except InputError:
         raise
     except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
-        raise InputError(path, _with_last(f"truncated or corrupt gzip stream ({exc})", last)) from exc
+        reason = f"truncated or corrupt gzip stream ({exc})"
+        raise InputError(path, _with_last(reason, last)) from exc
     except ET.ParseError as exc:
         raise InputError(path, _with_last(f"malformed XML ({exc})", last)) from exc
     except OSError as exc:
@@ -111,28 +112,34 @@ def _open_maybe_gzip(path: Path) -> IO[bytes]:
 
 
 def _iter_items(path: Path, fh: IO[bytes]) -> Iterator[PubmedRecord | Deletion]:
-    """Parse top-level children of `PubmedArticleSet`, clearing each one after use."""
-    root: ET.Element | None = None
-    depth = 0
-    for event, elem in ET.iterparse(fh, events=("start", "end")):
-        if event == "start":
-            depth += 1
-            if root is None:
-                root = elem
-                if elem.tag != "PubmedArticleSet":
-                    raise InputError(path, f"not PubMed XML: root element <{elem.tag}>, "
-                                           "expected <PubmedArticleSet>")
-            continue
-        depth -= 1
-        if depth != 1:  # inside a record (or the root's own end): wait for the record's end
-            continue
-        if elem.tag in ("PubmedArticle", "PubmedBookArticle"):
+    """Parse the records of a `PubmedArticleSet`, clearing each one after use.
+
+    Only "end" events are asked for (~25% faster than with "start"); a cleared record leaves
+    an empty element (~70 bytes) in the root until the file ends, less than its index entry.
+    """
+    events = ET.iterparse(_Read1(fh), events=("end",))
+    for _, elem in events:
+        tag = elem.tag
+        if tag == "PubmedArticle" or tag == "PubmedBookArticle":
             yield _parse_citation(path, elem)
-        elif elem.tag == "DeleteCitation":
+            elem.clear()
+        elif tag == "DeleteCitation":
             for pmid in elem.iterfind("PMID"):
                 yield Deletion(_pmid_text(path, pmid))
-        assert root is not None
-        root.clear()  # drop the finished record: memory stays one record deep
+            elem.clear()
+    root = events.root  # type: ignore[attr-defined]  # set by iterparse once the file ends
+    if root is None or root.tag != "PubmedArticleSet":
+        raise InputError(path, f"not PubMed XML: root element <{getattr(root, 'tag', None)}>, "
+                               "expected <PubmedArticleSet>")
+
+
+class _Read1:
+    """A reader whose read(n) is read1(n): iterparse pulls 16 KiB at a time, and a buffered
+    read(n) of a truncated gzip discards what it had decompressed of that chunk when it hits
+    the end; read1 hands that data over first, so every complete record is still yielded."""
+
+    def __init__(self, fh: IO[bytes]):
+        self.read = fh.read1  # type: ignore[attr-defined]
 
 
 def _parse_citation(path: Path, elem: ET.Element) -> PubmedRecord:
@@ -259,7 +266,7 @@ def extract(
     out = Path(out)
     for p in paths:  # fail before an hour of work, not after it
         if not p.is_file():
-            raise InputError(p, "no such file")
+            raise InputError(p, "not a regular file" if p.exists() else "no such file")
     start = time.perf_counter()
     error: InputError | None = None
     try:
@@ -267,13 +274,15 @@ def extract(
         sink = _Sink(out)
         try:
             for n, p in enumerate(paths, 1):
+                before = replace(sink.stats)
                 try:
                     for item in iter_pubmed_records(p):
                         sink.add(item)
                 except InputError as exc:
                     error = exc
                     break
-                log(_progress(n, len(paths), p, sink.stats, time.perf_counter() - start))
+                elapsed = time.perf_counter() - start
+                log(_progress(n, len(paths), p, before, sink.stats, elapsed))
             sink.finish()
         finally:
             sink.discard()
@@ -287,10 +296,16 @@ def extract(
     return stats
 
 
-def _progress(n: int, total: int, path: Path, stats: ExtractStats, elapsed: float) -> str:
+def _progress(n: int, total: int, path: Path, before: ExtractStats, now: ExtractStats,
+              elapsed: float) -> str:
+    """One line per finished file: its own counts, then the overall rate and ETA."""
+    records = now.read - before.read
+    with_abstract = records - (now.no_abstract - before.no_abstract)
+    deletions = now.delete_requests - before.delete_requests
     eta = elapsed / n * (total - n)
-    return (f"[{n}/{total}] {path.name}: {stats.read:,} records so far, "
-            f"{stats.read / max(elapsed, 1e-9):,.0f} records/s, ETA {eta:,.0f} s")
+    return (f"[{n}/{total}] {path.name}: {records:,} records ({with_abstract:,} with abstract), "
+            f"{deletions:,} deletions; {now.read / max(elapsed, 1e-9):,.0f} records/s, "
+            f"ETA {eta:,.0f} s")
 
 
 class _Sink:
