@@ -36,7 +36,7 @@ lint: install
 	$(BIN)/ruff check biomed tests bench
 
 bench: install
-	@set -e; for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b; done
+	@set -e; for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b; done
 
 app: install
 	@if [ -f apps/__init__.py ]; then $(BIN)/biomed app; \

@@ -4,7 +4,7 @@ Baseline: the plainest correct loop (AdamW, warmup+cosine LambdaLR, clipping) on
 data order and step count. The engine adds accelerate, the epoch sampler, per-step JSONL and
 TensorBoard logging and a progress bar; the ratio says what that costs per step.
 
-    python bench/bench_engine.py [--steps 300] [--width 512]
+    python bench/engine_overhead.py [--steps 300] [--width 512]
 """
 
 from __future__ import annotations
