@@ -461,10 +461,11 @@ class Engine:
         if (path / "accelerate").is_dir():
             acc.load_state(str(path / "accelerate"))
         else:
-            load_model(acc.unwrap_model(model), str(path / "model.safetensors"),
-                       device=str(acc.device))
+            # read to CPU memory, then copy into the parameters wherever they live
+            load_model(acc.unwrap_model(model), str(path / "model.safetensors"), device="cpu")
+            # load_state_dict moves the state to each parameter's device
             optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True,
-                                                 map_location=acc.device))
+                                                 map_location="cpu"))
         scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
         rng = path / f"rng-{acc.process_index}.pt"
         if rng.is_file():
