@@ -135,3 +135,14 @@ def test_provenance_records_git_and_packages():
     assert versions["torch"] == "2.14.1" and versions["definitely-not-installed-pkg"] is None
 
 
+
+
+@pytest.mark.data
+@needs_reports
+def test_data_reports_exports_jsonl(tmp_path):
+    proc = biomed("data", "reports", "--out", str(tmp_path / "r.jsonl"))
+    assert proc.returncode == 0, proc.stderr
+    assert "wrote 3955 reports" in proc.stdout
+    first = json.loads((tmp_path / "r.jsonl").read_text().splitlines()[0])
+    assert {"id", "findings", "impression", "indication", "comparison", "mesh_major",
+            "mesh_automatic", "image_ids", "structured", "normal"} <= set(first)
