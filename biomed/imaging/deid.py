@@ -1,0 +1,333 @@
+"""De-identification of DICOM datasets: DICOM PS3.15 Annex E, Basic Application Level
+Confidentiality Profile.
+
+The profile (PS3.15 E.2, Table E.1-1) lists the attributes that may identify a patient, staff
+member or institution and an action for each: X remove, Z empty (or a dummy), D dummy value,
+U remap UID, K keep. This module applies it as an **allowlist**: the new dataset holds only the
+attributes named below (pixel description, acquisition technique, coded view and anatomy), each
+with its Table E.1-1 action, and nothing else. Every attribute the table removes is therefore
+removed, and so is every attribute it does not know (free-text comments, vendor oddities, all
+private tags, all sequences except coded ones), which makes the result at least as strict as the
+Basic Profile. The Type 1/2 attributes the image IODs need survive as dummies (Z/D) or remapped
+UIDs (U), so the output is still valid DICOM.
+
+Two PS3.15 options are available (E.3, and the codes of CID 7050 that record them):
+
+- Retain Longitudinal Temporal Information with Modified Dates (113107), the default: every
+  date of a patient is shifted by the same number of days (derived from a secret key and the
+  patient id), which keeps intervals between studies. With ``dates="remove"`` the Basic Profile
+  applies instead: Study/Content Date and Time are emptied, other dates removed.
+- Retain Patient Characteristics (113108): sex, age, size and weight are kept; by default they
+  are not (the Basic Profile empties sex and removes the others).
+
+UIDs are remapped to ``2.25.<decimal of an HMAC-SHA256 of the UID>`` (PS3.5 B.2): the same input
+UID gives the same output UID for a given key, within a run and across runs that share the key,
+and the mapping cannot be reversed without the key. Patient ids become pseudonyms the same way,
+so images of one patient stay together (the split rule hashes them) without naming anyone.
+
+Burned-in text in the pixels is out of scope (the Clean Pixel Data option is not offered): a
+dataset whose Burned In Annotation is YES raises `BurnedInAnnotation` unless the caller opts in.
+Files that lack the attribute are not flagged; secondary captures of screens may still hold text.
+Encapsulated pixel data is copied as it is: comment segments inside a JPEG or JPEG 2000
+codestream are not inspected.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import os
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydicom import uid as dcm_uid
+from pydicom.datadict import tag_for_keyword
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.multival import MultiValue
+from pydicom.sequence import Sequence
+
+from biomed.errors import ConfigError, InputError
+
+METHOD_NAME = "biomed PS3.15 Annex E Basic Profile (allowlist)"
+
+# CID 7050 "De-identification Method" codes (PS3.16).
+_CODE_BASIC = ("113100", "Basic Application Confidentiality Profile")
+_CODE_DATES = ("113107", "Retain Longitudinal Temporal Information Modified Dates Option")
+_CODE_CHARACTERISTICS = ("113108", "Retain Patient Characteristics Option")
+
+# Kept as they are (Table E.1-1 has no action for them, or K): how the pixels were made and
+# how to display them. Keywords, checked against pydicom's dictionary at import.
+_KEEP = (
+    "SpecificCharacterSet", "ImageType", "SOPClassUID", "Modality", "ConversionType",
+    "PresentationIntentType", "Manufacturer", "ManufacturerModelName", "BodyPartExamined",
+    "ViewPosition", "ImageLaterality", "Laterality", "PatientOrientation", "SeriesNumber",
+    "InstanceNumber", "AcquisitionNumber", "KVP", "ExposureTime", "XRayTubeCurrent", "Exposure",
+    "ExposureInuAs", "DistanceSourceToDetector", "DistanceSourceToPatient",
+    "EstimatedRadiographicMagnificationFactor", "Grid", "FilterType", "FocalSpots",
+    "DetectorType", "ImagerPixelSpacing", "PixelSpacing", "PixelSpacingCalibrationType",
+    "SamplesPerPixel", "PhotometricInterpretation", "PlanarConfiguration", "NumberOfFrames",
+    "FrameIncrementPointer", "Rows", "Columns", "PixelAspectRatio", "BitsAllocated",
+    "BitsStored", "HighBit", "PixelRepresentation", "SmallestImagePixelValue",
+    "LargestImagePixelValue", "PixelPaddingValue", "PixelPaddingRangeLimit",
+    "BurnedInAnnotation", "RecognizableVisualFeatures", "PixelIntensityRelationship",
+    "PixelIntensityRelationshipSign", "WindowCenter", "WindowWidth", "VOILUTFunction",
+    "RescaleIntercept", "RescaleSlope", "RescaleType", "PresentationLUTShape",
+    "LossyImageCompression", "LossyImageCompressionRatio", "LossyImageCompressionMethod",
+    "RedPaletteColorLookupTableDescriptor", "GreenPaletteColorLookupTableDescriptor",
+    "BluePaletteColorLookupTableDescriptor", "RedPaletteColorLookupTableData",
+    "GreenPaletteColorLookupTableData", "BluePaletteColorLookupTableData",
+    "PixelData",
+)
+# Sequences kept, with their items cleaned by the same allowlist plus the fields below.
+_KEEP_SEQUENCES = ("ModalityLUTSequence", "VOILUTSequence", "ViewCodeSequence",
+                   "AnatomicRegionSequence")
+_KEEP_IN_ITEMS = ("LUTDescriptor", "LUTData", "ModalityLUTType", "CodeValue",
+                  "CodingSchemeDesignator", "CodingSchemeVersion", "CodeMeaning")
+# Table E.1-1 "Z" (Type 2 in the image IODs): present, emptied or given a dummy value.
+_EMPTY = ("PatientBirthDate", "AccessionNumber", "ReferringPhysicianName", "StudyID")
+# Table E.1-1 "U": remapped.
+_REMAP = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID")
+# Dates: Basic Profile action (Z or X) when dates are removed; shifted with option 113107.
+_DATES = {"StudyDate": "Z", "SeriesDate": "X", "AcquisitionDate": "X", "ContentDate": "Z"}
+_DATETIMES = {"AcquisitionDateTime": "X"}
+_TIMES = {"StudyTime": "Z", "SeriesTime": "X", "AcquisitionTime": "X", "ContentTime": "Z"}
+# Retain Patient Characteristics option; without it sex is emptied (Z), the rest removed (X).
+_CHARACTERISTICS = {"PatientSex": "Z", "PatientAge": "X", "PatientSize": "X",
+                    "PatientWeight": "X"}
+
+for _kw in (*_KEEP, *_KEEP_SEQUENCES, *_KEEP_IN_ITEMS, *_EMPTY, *_REMAP, *_DATES, *_DATETIMES,
+            *_TIMES, *_CHARACTERISTICS):
+    assert tag_for_keyword(_kw) is not None, _kw
+
+
+class BurnedInAnnotation(InputError):
+    """The pixels may hold identifying text (Burned In Annotation = YES)."""
+
+
+@dataclass(frozen=True)
+class DeidConfig:
+    """Choices PS3.15 leaves to the de-identifier (see the module docstring)."""
+
+    dates: Literal["shift", "remove"] = "shift"
+    max_shift_days: int = 3650  # shifts are 1..max_shift_days days into the past
+    keep_patient_characteristics: bool = False
+    allow_burned_in: bool = False
+
+    def __post_init__(self) -> None:
+        if self.dates not in ("shift", "remove"):
+            raise ConfigError(f"dates must be 'shift' or 'remove', not {self.dates!r}")
+        if self.max_shift_days < 1:
+            raise ConfigError(f"max_shift_days must be >= 1, not {self.max_shift_days}")
+
+
+def new_key() -> bytes:
+    """A fresh 256-bit secret for UID remapping, pseudonyms, date shifts and path hashes."""
+    return secrets.token_bytes(32)
+
+
+def load_or_create_key(path: str | Path) -> bytes:
+    """Read a key file (hex), or create one readable by its owner only.
+
+    Whoever holds the key can link outputs back to the inputs they came from (by recomputing
+    the mapping of a known UID or patient id): keep it apart from data that is shared.
+    """
+    path = Path(path)
+    if path.exists():
+        try:
+            key = bytes.fromhex(path.read_text().strip())
+        except ValueError:
+            raise InputError(path, "not a de-identification key (expected hex)") from None
+        if len(key) < 16:
+            raise InputError(path, "de-identification key too short (need >= 16 bytes)")
+        return key
+    key = new_key()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(key.hex() + "\n")
+    return key
+
+
+class Deidentifier:
+    """Applies the profile with one secret key, so that mappings are consistent.
+
+    The same key maps the same UID, patient id and path to the same output every time; a new
+    key (`new_key`) gives unlinkable outputs.
+    """
+
+    def __init__(self, key: bytes | None = None, config: DeidConfig | None = None):
+        self.key = key if key is not None else new_key()
+        self.config = config or DeidConfig()
+
+    # -- keyed mappings ---------------------------------------------------------------------
+
+    def _mac(self, kind: str, value: str) -> bytes:
+        return hmac.new(self.key, f"{kind}\0{value}".encode(), hashlib.sha256).digest()
+
+    def uid(self, value: str) -> str:
+        """Remap a UID; standard UIDs (SOP classes, transfer syntaxes) are not identifying."""
+        value = str(value).strip().rstrip("\0")
+        if not value or value in dcm_uid.UID_dictionary:
+            return value
+        return "2.25." + str(int.from_bytes(self._mac("uid", value)[:16], "big"))
+
+    def pseudonym(self, patient_key: str) -> str:
+        """A patient pseudonym (``BM`` and 16 hex digits) for a patient id."""
+        return "BM" + self._mac("patient", patient_key).hex()[:16].upper()
+
+    def hash_text(self, text: str, n: int = 20) -> str:
+        """A salted hash of any text (file paths of PACS exports often hold names)."""
+        return self._mac("text", text).hex()[:n]
+
+    def date_shift_days(self, patient_key: str) -> int:
+        """The patient's date offset: the same for all of a patient's dates, 1..max days back."""
+        n = int.from_bytes(self._mac("date", patient_key)[:8], "big")
+        return -(1 + n % self.config.max_shift_days)
+
+    # -- the profile ------------------------------------------------------------------------
+
+    def deidentify(self, ds: Dataset, path: str | Path = "<dataset>") -> Dataset:
+        """A new, de-identified dataset (the input is not modified).
+
+        Raises `BurnedInAnnotation` for Burned In Annotation = YES unless allowed.
+        """
+        burned = str(ds.get("BurnedInAnnotation", "") or "").strip().upper()
+        if burned == "YES" and not self.config.allow_burned_in:
+            raise BurnedInAnnotation(path, "Burned In Annotation is YES (text in the pixels may "
+                                     "identify the patient): kept out; opt in with "
+                                     "--allow-burned-in / allow_burned_in=True")
+        patient_key = _patient_key(ds)
+        out = Dataset()
+        _copy(ds, out, _KEEP)
+        for kw in _KEEP_SEQUENCES:
+            if kw in ds and ds[kw].VR == "SQ":
+                setattr(out, kw, Sequence([self._clean_item(item) for item in ds[kw].value]))
+        pseudo = self.pseudonym(patient_key)
+        out.PatientName = pseudo  # Z (dummy value): keeps the patient's images together
+        out.PatientID = pseudo
+        for kw in _EMPTY:
+            setattr(out, kw, "")
+        for kw in _REMAP:
+            if kw in ds and ds[kw].value:
+                setattr(out, kw, self.uid(ds[kw].value))
+        self._dates(ds, out, patient_key)
+        self._characteristics(ds, out)
+        self._mark(out)
+        out.file_meta = self._file_meta(ds, out)
+        return out
+
+    def _clean_item(self, item: Dataset) -> Dataset:
+        clean = Dataset()
+        _copy(item, clean, (*_KEEP, *_KEEP_IN_ITEMS))
+        return clean
+
+    def _dates(self, ds: Dataset, out: Dataset, patient_key: str) -> None:
+        if self.config.dates == "remove":
+            for kw, action in (*_DATES.items(), *_DATETIMES.items(), *_TIMES.items()):
+                if action == "Z":
+                    setattr(out, kw, "")
+            out.LongitudinalTemporalInformationModified = "REMOVED"
+            return
+        days = self.date_shift_days(patient_key)
+        for kw in _DATES:
+            if kw in ds:
+                setattr(out, kw, _shift_da(ds[kw].value, days))
+        for kw in _DATETIMES:
+            if kw in ds:
+                setattr(out, kw, _shift_dt(ds[kw].value, days))
+        _copy(ds, out, tuple(_TIMES))  # times of day are kept with shifted dates
+        for kw, action in _TIMES.items():
+            if action == "Z" and kw not in out:
+                setattr(out, kw, "")
+        for kw, action in _DATES.items():
+            if action == "Z" and kw not in out:
+                setattr(out, kw, "")
+        out.LongitudinalTemporalInformationModified = "MODIFIED"
+
+    def _characteristics(self, ds: Dataset, out: Dataset) -> None:
+        if self.config.keep_patient_characteristics:
+            _copy(ds, out, tuple(_CHARACTERISTICS))
+        if "PatientSex" not in out:  # Type 2: present, empty (Z)
+            out.PatientSex = ""
+
+    def _mark(self, out: Dataset) -> None:
+        """PS3.15 E.1.1: Patient Identity Removed, and which method and options were used."""
+        codes = [_CODE_BASIC]
+        methods = [METHOD_NAME]
+        if self.config.dates == "shift":
+            codes.append(_CODE_DATES)
+            methods.append("Retain Longitudinal Temporal Info, Modified Dates")
+        if self.config.keep_patient_characteristics:
+            codes.append(_CODE_CHARACTERISTICS)
+            methods.append("Retain Patient Characteristics")
+        methods.append("private attributes removed")
+        out.PatientIdentityRemoved = "YES"
+        out.DeidentificationMethod = methods  # LO, each value at most 64 characters
+        items = []
+        for value, meaning in codes:
+            item = Dataset()
+            item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, "DCM", meaning
+            items.append(item)
+        out.DeidentificationMethodCodeSequence = Sequence(items)
+
+    def _file_meta(self, ds: Dataset, out: Dataset) -> FileMetaDataset:
+        meta = FileMetaDataset()
+        src = getattr(ds, "file_meta", None)
+        ts = src.get("TransferSyntaxUID") if src is not None else None
+        meta.TransferSyntaxUID = ts or dcm_uid.ExplicitVRLittleEndian
+        meta.MediaStorageSOPClassUID = out.get("SOPClassUID", dcm_uid.SecondaryCaptureImageStorage)
+        if "SOPInstanceUID" not in out:
+            out.SOPInstanceUID = dcm_uid.generate_uid()
+        meta.MediaStorageSOPInstanceUID = out.SOPInstanceUID
+        meta.ImplementationClassUID = dcm_uid.PYDICOM_IMPLEMENTATION_UID
+        return meta
+
+
+def _copy(src: Dataset, dst: Dataset, keywords: Iterable[str]) -> None:
+    for kw in keywords:
+        tag = tag_for_keyword(kw)
+        if tag is not None and tag in src:
+            elem = src[tag]
+            if elem.VR != "SQ":
+                dst[tag] = elem
+
+
+def _patient_key(ds: Dataset) -> str:
+    """What identifies the patient: Patient ID, else name + birth date, else the study."""
+    pid = str(ds.get("PatientID", "") or "").strip()
+    if pid:
+        return "id:" + pid
+    name = str(ds.get("PatientName", "") or "").strip()
+    if name:
+        return f"name:{name}|{ds.get('PatientBirthDate', '')}"
+    return "study:" + str(ds.get("StudyInstanceUID", "") or "")
+
+
+def _shift_date(text: str, days: int) -> str:
+    """YYYYMMDD shifted by ``days``; anything else (partial, malformed) is removed."""
+    try:
+        d = dt.datetime.strptime(text[:8], "%Y%m%d").date()
+    except ValueError:
+        return ""
+    return (d + dt.timedelta(days=days)).strftime("%Y%m%d")
+
+
+def _shift_da(value, days: int):
+    """A DA value (or several) shifted; a partial or malformed date is removed."""
+    if isinstance(value, MultiValue | list | tuple):
+        return [_shift_da(v, days) for v in value]
+    text = str(value or "").strip()
+    return _shift_date(text, days) if len(text) == 8 else ""
+
+
+def _shift_dt(value, days: int) -> str:
+    """A DT value: its date part shifted, time and offset kept; a partial DT is removed."""
+    text = str(value or "").strip()
+    if len(text) < 8:
+        return ""
+    head = _shift_date(text[:8], days)
+    return head + text[8:] if head else ""

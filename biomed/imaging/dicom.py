@@ -1,0 +1,710 @@
+"""DICOM in: a file becomes the workbench's float image plus a metadata record.
+
+The grayscale pipeline is the one PS3.3 C.11 (the "grayscale standard display" chain) prescribes,
+in this order:
+
+1. stored values, scaled by Bits Stored (never by the container dtype: 15 bits in 16 means
+   0..32767, and bits above Bits Stored are ignored, PS3.5 8.1.1);
+2. the Modality LUT (Rescale Slope/Intercept, or the Modality LUT Sequence; PS3.3 C.11.1);
+3. the VOI transform (PS3.3 C.11.2): the file's VOI LUT Sequence, else its first Window
+   Center/Width with its VOI LUT Function (LINEAR, LINEAR_EXACT, SIGMOID), else the full range;
+   ``ReadOptions.voi`` chooses the file's transform, the full range, or the image's min..max;
+4. inversion of MONOCHROME1 (and of MONOCHROME2 with Presentation LUT Shape INVERSE), so that the
+   result is in the workbench's MONOCHROME2 sense: lungs dark, bone bright.
+
+Because every step is a function of the stored value alone, steps 2-4 are folded into one lookup
+table over the 2**BitsStored possible values, applied with a single gather: integer arithmetic
+until the very end, and no float work per pixel beyond the lookup.
+
+Choices a caller must know (each raises an `InputError` naming the file and the reason unless
+the caller opts in; nothing returns a silently wrong image):
+
+- **multi-frame**: a radiograph is one frame; an object with Number of Frames > 1 is refused
+  unless ``ReadOptions.frame`` picks one (0-based). The record says how many frames there were.
+- **colour** (RGB, YBR_*, PALETTE COLOR): refused unless ``ReadOptions.color == "convert"``,
+  which takes ITU-R BT.601 luma; the record then says ``color_converted``.
+- **JPEG 2000 at reduced resolution**: with ``ReadOptions.decode_size`` the decoder may stop at
+  a coarser wavelet level that is still at least that big (N: the longer side >= N; (rows,
+  columns): each side at least that), for a caller that will shrink the image anyway. The
+  returned image is then smaller than Rows x Columns; the record keeps the file's Rows/Columns
+  and gives the returned shape as ``image_shape``.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import struct
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pydicom
+from PIL import Image
+from pydicom import uid as dcm_uid
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.errors import InvalidDicomError
+
+from biomed.errors import InputError
+
+VoiMode = Literal["file", "full", "minmax"]
+
+_UNDEFINED = 0xFFFFFFFF
+_J2K_SYNTAXES = {dcm_uid.JPEG2000Lossless, dcm_uid.JPEG2000}
+_COLOUR = {"RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "PALETTE COLOR"}
+_GRAY = {"MONOCHROME1", "MONOCHROME2"}
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    """How to turn stored pixels into the workbench image (see the module docstring)."""
+
+    voi: VoiMode = "file"  # file's VOI LUT/window | full Bits Stored range | image min..max
+    frame: int | None = None  # multi-frame objects: None refuses, k takes frame k (0-based)
+    color: Literal["refuse", "convert"] = "refuse"
+    # JPEG 2000 may decode at a lower resolution: int N keeps the longer side >= N (for a
+    # caller that shrinks with the aspect kept); (rows, columns) keeps each side >= its value
+    decode_size: int | tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.voi not in ("file", "full", "minmax"):
+            raise ValueError(f"voi must be 'file', 'full' or 'minmax', not {self.voi!r}")
+        if self.color not in ("refuse", "convert"):
+            raise ValueError(f"color must be 'refuse' or 'convert', not {self.color!r}")
+        if self.frame is not None and self.frame < 0:
+            raise ValueError(f"frame must be >= 0, not {self.frame}")
+        sizes = (self.decode_size if isinstance(self.decode_size, tuple)
+                 else () if self.decode_size is None else (self.decode_size,))
+        if len(sizes) not in (0, 1, 2) or any(int(n) < 1 for n in sizes):
+            raise ValueError(f"decode_size must be N >= 1 or (rows, columns), not "
+                             f"{self.decode_size!r}")
+
+
+@dataclass(frozen=True)
+class DicomMeta:
+    """What the workbench keeps about one DICOM image (technical fields and UIDs only).
+
+    ``pixel_spacing`` is (row, column) in mm, or None when unknown: missing, ``[0,0]``, negative
+    or unparsable spacing is unknown, never zero. It comes from Pixel Spacing, else from Imager
+    Pixel Spacing (the detector plane, PS3.3 C.8.11.7), and ``spacing_source`` says which. UIDs
+    are whatever the dataset holds: pass a de-identified dataset to get de-identified UIDs.
+    """
+
+    path: str
+    modality: str | None
+    view_position: str | None
+    laterality: str | None
+    body_part: str | None
+    photometric: str | None
+    samples_per_pixel: int | None
+    bits_allocated: int | None
+    bits_stored: int | None
+    signed: bool
+    rows: int | None
+    columns: int | None
+    frames: int
+    pixel_spacing: tuple[float, float] | None
+    spacing_source: str | None
+    manufacturer: str | None
+    transfer_syntax: str
+    lossy: bool
+    burned_in_annotation: str | None
+    study_uid: str | None
+    series_uid: str | None
+    sop_uid: str | None
+    sop_class: str | None
+    voi: str = ""  # the VOI transform applied ("window 15000/30000 LINEAR", "full range", ...)
+    frame: int | None = None  # the frame taken from a multi-frame object
+    color_converted: bool = False
+    image_shape: tuple[int, int] | None = None  # shape of the returned image
+
+    def to_dict(self) -> dict[str, Any]:
+        """A flat, JSON- and CSV-friendly dict (spacing as "row\\col" mm, "" when unknown)."""
+        d = asdict(self)
+        d["pixel_spacing"] = ("" if self.pixel_spacing is None
+                              else f"{self.pixel_spacing[0]:g}\\{self.pixel_spacing[1]:g}")
+        d["image_shape"] = "" if self.image_shape is None else "x".join(map(str, self.image_shape))
+        return {k: ("" if v is None else v) for k, v in d.items()}
+
+
+@dataclass(frozen=True)
+class DicomImage:
+    """A decoded image in the workbench convention and its metadata record."""
+
+    image: np.ndarray  # 2-D float32 in [0, 1], lungs dark
+    meta: DicomMeta
+    notes: tuple[str, ...] = field(default=())
+
+
+# ---------------------------------------------------------------------------------------------
+# reading the file
+
+
+def read_dataset(path: str | Path, *, stop_before_pixels: bool = False) -> Dataset:
+    """Parse a DICOM file, with one-line typed errors for files that are not usable DICOM.
+
+    Accepts Part 10 files (preamble + ``DICM``) and, as PACS exports sometimes hold, bare
+    datasets without the file meta header (their transfer syntax is then inferred). Raises
+    `InputError` for a missing, empty, non-DICOM or truncated file.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise InputError(p, "file not found")
+    if not p.is_file():
+        raise InputError(p, "not a regular file")
+    size = p.stat().st_size
+    if size == 0:
+        raise InputError(p, "empty file (0 bytes)")
+    with open(p, "rb") as f:
+        head = f.read(132)
+    part10 = len(head) == 132 and head[128:132] == b"DICM"
+    bare = not part10 and _looks_like_bare_dataset(head)
+    if not part10 and not bare:
+        if size < 132 and not head.strip(b"\0"):
+            raise InputError(p, f"truncated file: {size} bytes, ends inside the 128-byte "
+                             "DICOM preamble")
+        raise InputError(p, "not a DICOM file (no 'DICM' marker at byte 128 and no "
+                         "recognisable dataset)")
+    try:
+        ds = pydicom.dcmread(p, force=bare, stop_before_pixels=stop_before_pixels)
+    except InvalidDicomError:
+        raise InputError(p, "not a DICOM file (no 'DICM' marker at byte 128)") from None
+    except (EOFError, struct.error, OSError, ValueError, KeyError, IndexError) as e:
+        raise InputError(p, f"truncated or corrupt header ({_one_line(e)})") from None
+    if bare:
+        _check_bare(ds, p)
+    if len(ds) == 0:
+        raise InputError(p, "truncated file: the file meta header is followed by no dataset")
+    _check_truncation(ds, p, size, stop_before_pixels)
+    return ds
+
+
+def _looks_like_bare_dataset(head: bytes) -> bool:
+    """A dataset with no preamble starts with a group 0002 or 0008 tag, little endian."""
+    if len(head) < 8:
+        return False
+    group, elem = struct.unpack("<HH", head[:4])
+    return group in (0x0002, 0x0008) and elem < 0x0100
+
+
+def _check_bare(ds: Dataset, path: Path) -> None:
+    if "Rows" not in ds and "SOPClassUID" not in ds:
+        raise InputError(path, "not a DICOM file (no 'DICM' marker and no image attributes)")
+    if not getattr(ds, "file_meta", None):
+        ds.file_meta = FileMetaDataset()
+    if "TransferSyntaxUID" not in ds.file_meta:
+        implicit, little = ds.original_encoding
+        ds.file_meta.TransferSyntaxUID = (
+            dcm_uid.ImplicitVRLittleEndian if implicit else
+            dcm_uid.ExplicitVRLittleEndian if little else dcm_uid.ExplicitVRBigEndian)
+
+
+def _check_truncation(ds: Dataset, path: Path, size: int, stop_before_pixels: bool) -> None:
+    """pydicom stops quietly at end of file; a value shorter than its length means truncation."""
+    last_end = 0
+    for tag in list(ds.keys()):
+        elem = ds.get_item(tag)
+        if not isinstance(elem, RawDataElement) or elem.length == _UNDEFINED:
+            last_end = 0  # cannot tell where an undefined-length element ends
+            continue
+        got = len(elem.value) if elem.value is not None else 0
+        if elem.value is not None and got < elem.length:
+            name = "Pixel Data" if tag == 0x7FE00010 else f"element {tag}"
+            raise InputError(path, f"truncated file: {name} declares {elem.length} bytes, the "
+                             f"file holds {got}")
+        last_end = elem.value_tell + elem.length
+    if not stop_before_pixels and last_end and 0 < size - last_end < 8:
+        with open(path, "rb") as f:
+            f.seek(last_end)
+            tail = f.read()
+        if tail.strip(b"\0"):  # zero padding is harmless; a partial tag is not
+            raise InputError(path, f"truncated file: {size - last_end} stray bytes after the "
+                             "last element (the file ends inside an element header)")
+
+
+# ---------------------------------------------------------------------------------------------
+# the metadata record
+
+
+def metadata(ds: Dataset, path: str | Path = "<dataset>") -> DicomMeta:
+    """The technical record of a dataset (no patient, staff or institution fields)."""
+    ts = _transfer_syntax_uid(ds)
+    spacing, source = _spacing(ds)
+    lossy = str(ds.get("LossyImageCompression", "")).strip() == "01" or ts in (
+        dcm_uid.JPEG2000, dcm_uid.JPEGBaseline8Bit, dcm_uid.JPEGExtended12Bit,
+        dcm_uid.JPEGLSNearLossless, dcm_uid.HTJ2K)
+    return DicomMeta(
+        path=str(path),
+        modality=_str(ds, "Modality"),
+        view_position=_str(ds, "ViewPosition"),
+        laterality=_str(ds, "ImageLaterality") or _str(ds, "Laterality"),
+        body_part=_str(ds, "BodyPartExamined"),
+        photometric=_str(ds, "PhotometricInterpretation"),
+        samples_per_pixel=_int(ds, "SamplesPerPixel"),
+        bits_allocated=_int(ds, "BitsAllocated"),
+        bits_stored=_int(ds, "BitsStored"),
+        signed=_int(ds, "PixelRepresentation") == 1,
+        rows=_int(ds, "Rows"),
+        columns=_int(ds, "Columns"),
+        frames=_int(ds, "NumberOfFrames") or 1,
+        pixel_spacing=spacing,
+        spacing_source=source,
+        manufacturer=_str(ds, "Manufacturer"),
+        transfer_syntax=_uid_name(ts),
+        lossy=lossy,
+        burned_in_annotation=_str(ds, "BurnedInAnnotation"),
+        study_uid=_str(ds, "StudyInstanceUID"),
+        series_uid=_str(ds, "SeriesInstanceUID"),
+        sop_uid=_str(ds, "SOPInstanceUID"),
+        sop_class=_uid_name(_str(ds, "SOPClassUID") or "") or None,
+    )
+
+
+def _str(ds: Dataset, keyword: str) -> str | None:
+    try:
+        v = ds.get(keyword)
+    except Exception:  # a malformed value in a field we only report
+        return None
+    if v is None or v == "":
+        return None
+    if isinstance(v, pydicom.multival.MultiValue):
+        v = "\\".join(map(str, v))
+    return str(v).strip() or None
+
+
+def _int(ds: Dataset, keyword: str) -> int | None:
+    try:
+        v = ds.get(keyword)
+        return None if v is None or v == "" else int(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def _spacing(ds: Dataset) -> tuple[tuple[float, float] | None, str | None]:
+    """Pixel Spacing, else Imager Pixel Spacing; [0,0], missing or invalid is unknown."""
+    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
+        try:
+            v = ds.get(keyword)
+            vals = [float(x) for x in (v if isinstance(v, list | tuple |
+                                                      pydicom.multival.MultiValue) else [v])]
+        except (TypeError, ValueError):
+            continue
+        if len(vals) == 2 and all(math.isfinite(x) and x > 0 for x in vals):
+            return (vals[0], vals[1]), keyword
+    return None, None
+
+
+def _transfer_syntax_uid(ds: Dataset) -> str:
+    meta = getattr(ds, "file_meta", None)
+    ts = meta.get("TransferSyntaxUID") if meta is not None else None
+    return str(ts) if ts else ""
+
+
+def _uid_name(value: str) -> str:
+    if not value:
+        return ""
+    entry = dcm_uid.UID_dictionary.get(value)
+    return entry[0] if entry else value
+
+
+# ---------------------------------------------------------------------------------------------
+# pixels
+
+
+@dataclass(frozen=True)
+class _Pixels:
+    rows: int
+    columns: int
+    frames: int
+    samples: int
+    photometric: str
+    bits_allocated: int
+    bits_stored: int
+    signed: bool
+    syntax: str
+
+
+def read_dicom(path: str | Path, options: ReadOptions | None = None) -> DicomImage:
+    """Read a DICOM file into the workbench convention (2-D float32 in [0, 1], lungs dark)."""
+    ds = read_dataset(path)
+    return dataset_to_image(ds, path, options)
+
+
+def dataset_to_image(ds: Dataset, path: str | Path = "<dataset>",
+                     options: ReadOptions | None = None) -> DicomImage:
+    """Decode a parsed dataset's pixels through modality LUT, VOI and MONOCHROME1 inversion."""
+    options = options or ReadOptions()
+    meta = metadata(ds, path)
+    px = _pixel_description(ds, path)
+    frame = _choose_frame(px, path, options)
+    notes: list[str] = []
+    if px.photometric in _COLOUR or px.samples > 1:
+        if options.color == "refuse":
+            raise InputError(path, f"colour image ({px.photometric}, {px.samples} samples per "
+                             "pixel) refused: grayscale required (convert it to luma with "
+                             "color='convert' / --convert-color)")
+        image = _colour_to_luma(ds, px, path, frame)
+        notes.append(f"converted from {px.photometric} to luma (ITU-R BT.601)")
+        voi = "none (colour converted to luma)"
+    else:
+        stored = _decode_gray(ds, px, path, frame, options.decode_size)
+        image, voi = gray_to_float(ds, stored, px.bits_stored, px.signed, options.voi)
+    if frame is not None and px.frames > 1:
+        notes.append(f"frame {frame} of {px.frames}")
+    meta = replace(meta, voi=voi, frame=frame if px.frames > 1 else None,
+                   color_converted=px.photometric in _COLOUR or px.samples > 1,
+                   image_shape=(int(image.shape[0]), int(image.shape[1])))
+    return DicomImage(image=image, meta=meta, notes=tuple(notes))
+
+
+def _pixel_description(ds: Dataset, path: str | Path) -> _Pixels:
+    """The Image Pixel module, checked before any decoding (PS3.3 C.7.6.3)."""
+    if "PixelData" not in ds:
+        if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
+            raise InputError(path, "float pixel data is not supported (a parametric map, not a "
+                             "radiograph)")
+        what = _uid_name(_str(ds, "SOPClassUID") or "") or "no SOP class"
+        if "Rows" in ds:  # an image header that stops before its pixels
+            what += "; the header describes an image, so the file may be truncated"
+        raise InputError(path, f"no pixel data (no (7FE0,0010) element; {what})")
+    missing = [k for k in ("Rows", "Columns", "BitsAllocated", "PhotometricInterpretation")
+               if _str(ds, k) is None]
+    if missing:
+        raise InputError(path, f"incomplete pixel description: missing {', '.join(missing)}")
+    rows, cols = _int(ds, "Rows") or 0, _int(ds, "Columns") or 0
+    alloc = _int(ds, "BitsAllocated") or 0
+    stored = _int(ds, "BitsStored") or alloc
+    samples = _int(ds, "SamplesPerPixel") or 1
+    frames = _int(ds, "NumberOfFrames") or 1
+    photometric = (_str(ds, "PhotometricInterpretation") or "").upper()
+    if rows < 1 or cols < 1:
+        raise InputError(path, f"invalid image size {rows}x{cols}")
+    if alloc not in (1, 8, 16, 32) or not 1 <= stored <= alloc:
+        raise InputError(path, f"invalid bit depth: Bits Allocated {alloc}, Bits Stored {stored}")
+    if photometric not in _GRAY | _COLOUR:
+        raise InputError(path, f"unsupported Photometric Interpretation {photometric!r}")
+    syntax = _transfer_syntax_uid(ds)
+    _check_syntax(syntax, path)
+    px = _Pixels(rows, cols, frames, samples, photometric, alloc, stored,
+                 _int(ds, "PixelRepresentation") == 1, syntax)
+    if not dcm_uid.UID(syntax).is_encapsulated:
+        _check_native_length(ds, px, path)
+    return px
+
+
+def _check_syntax(syntax: str, path: str | Path) -> None:
+    """A known transfer syntax with an installed decoder, or a one-line reason naming it."""
+    if not syntax:
+        raise InputError(path, "no Transfer Syntax UID in the file meta header")
+    entry = dcm_uid.UID_dictionary.get(syntax)
+    if entry is None or entry[1] != "Transfer Syntax":
+        raise InputError(path, f"unknown transfer syntax {syntax}")
+    uid = dcm_uid.UID(syntax)
+    if not uid.is_encapsulated:
+        return
+    from pydicom.pixels.decoders.base import get_decoder
+
+    try:
+        decoder = get_decoder(uid)
+    except NotImplementedError:
+        raise InputError(path, f"unsupported transfer syntax {uid.name} ({uid}): no decoder "
+                         "exists for it") from None
+    if not decoder.is_available:
+        hint = "; ".join(decoder.missing_dependencies) or "no usable plugin"
+        raise InputError(path, f"transfer syntax {uid.name} ({uid}) has no installed decoder "
+                         f"({hint})")
+
+
+def _check_native_length(ds: Dataset, px: _Pixels, path: str | Path) -> None:
+    """Native pixel data must hold Rows x Columns x Samples x Frames x Bits Allocated."""
+    samples_bytes = 2 if px.photometric == "YBR_FULL_422" else px.samples  # 4:2:2 subsampled
+    n = px.rows * px.columns * px.frames
+    need = math.ceil(n * samples_bytes / 8) if px.bits_allocated == 1 else \
+        n * samples_bytes * px.bits_allocated // 8
+    have = len(ds.PixelData)
+    if have < need:
+        raise InputError(path, f"pixel data is {have} bytes, shorter than the {need} the header "
+                         f"says ({px.rows}x{px.columns}, {px.frames} frame(s), {px.samples} "
+                         f"sample(s), {px.bits_allocated} bits allocated)")
+
+
+def _choose_frame(px: _Pixels, path: str | Path, options: ReadOptions) -> int | None:
+    if px.frames == 1:
+        if options.frame not in (None, 0):
+            raise InputError(path, f"frame {options.frame} requested but the image has 1 frame")
+        return None
+    if options.frame is None:
+        raise InputError(path, f"multi-frame image ({px.frames} frames) refused: a radiograph "
+                         "is one frame; choose one with frame=K / --frame K (0-based)")
+    if options.frame >= px.frames:
+        raise InputError(path, f"frame {options.frame} requested but the image has "
+                         f"{px.frames} frames")
+    return options.frame
+
+
+def _decode(ds: Dataset, px: _Pixels, path: str | Path, frame: int | None) -> np.ndarray:
+    from pydicom.pixels.decoders.base import get_decoder
+
+    try:
+        arr, _ = get_decoder(dcm_uid.UID(px.syntax)).as_array(ds, index=frame)
+    except InputError:
+        raise
+    except Exception as e:  # every plugin failed: corrupt or unsupported codestream
+        raise InputError(path, f"cannot decode {_uid_name(px.syntax)} pixel data: "
+                         f"{_one_line(e)}") from None
+    return arr
+
+
+def _decode_gray(ds: Dataset, px: _Pixels, path: str | Path, frame: int | None,
+                 decode_size: int | tuple[int, int] | None) -> np.ndarray:
+    arr = None
+    if decode_size and px.syntax in _J2K_SYNTAXES and px.frames == 1:
+        arr = _decode_j2k_reduced(ds, px, decode_size)
+    if arr is None:
+        arr = _decode(ds, px, path, frame)
+    if arr.ndim != 2:
+        raise InputError(path, f"decoded pixel data has shape {arr.shape}, expected one "
+                         "grayscale frame")
+    if arr.dtype.kind == "f":
+        raise InputError(path, "decoded pixel data is floating point; integer expected")
+    return arr
+
+
+def _decode_j2k_reduced(ds: Dataset, px: _Pixels,
+                        decode_size: int | tuple[int, int]) -> np.ndarray | None:
+    """Decode a JPEG 2000 frame at a coarser wavelet level, or None to decode in full.
+
+    A codestream of L decomposition levels holds the image at 1/2, 1/4 ... 1/2**L size; decoding
+    only the levels needed (OpenJPEG's ``reduce``, through Pillow) skips most of the entropy
+    decoding. Taken only when the codestream is plain (one unsigned component whose precision is
+    Bits Stored) and Pillow's rounding of the reduced size agrees with the codestream's (it
+    rounds half up where JPEG 2000 takes the ceiling), so the result is exactly what a full
+    decode's lowest-resolution band would give.
+    """
+    from pydicom.encaps import generate_frames
+
+    try:
+        frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+        siz = _j2k_header(frame)
+    except Exception:
+        return None
+    if siz is None:
+        return None
+    width, height, precision, signed, levels = siz
+    if signed or px.signed or precision != px.bits_stored or (height, width) != (px.rows,
+                                                                               px.columns):
+        return None
+    r = 0
+    while r < levels:
+        nxt = r + 1
+        size = (math.ceil(width / 2**nxt), math.ceil(height / 2**nxt))
+        pil = tuple(int((d + (1 << nxt >> 1)) / (1 << nxt)) for d in (width, height))
+        big_enough = (size[1] >= decode_size[0] and size[0] >= decode_size[1]
+                      if isinstance(decode_size, tuple) else max(size) >= decode_size)
+        if not big_enough or size != pil:
+            break
+        r = nxt
+    if r == 0:
+        return None
+    try:
+        with Image.open(io.BytesIO(frame)) as im:
+            im.reduce = r
+            im.load()
+            arr = np.asarray(im)
+    except Exception:
+        return None
+    if arr.ndim != 2 or arr.shape != (math.ceil(height / 2**r), math.ceil(width / 2**r)):
+        return None
+    if arr.dtype == np.uint16 and precision < 16:
+        arr = arr >> (16 - precision)  # Pillow scales N-bit samples up to 16 bits
+    return arr
+
+
+def _j2k_header(stream: bytes) -> tuple[int, int, int, bool, int] | None:
+    """(width, height, precision, signed, decomposition levels) from a raw J2K codestream."""
+    if stream[:4] != b"\xff\x4f\xff\x51":  # SOC then SIZ; a JP2 wrapper is not plain
+        return None
+    lsiz = struct.unpack(">H", stream[4:6])[0]
+    xsiz, ysiz, xo, yo = struct.unpack(">IIII", stream[8:24])
+    ncomp = struct.unpack(">H", stream[40:42])[0]
+    if ncomp != 1 or xo or yo:
+        return None
+    ssiz = stream[42]
+    pos = 4 + lsiz
+    while pos + 4 <= len(stream):
+        marker, length = struct.unpack(">HH", stream[pos:pos + 4])
+        if marker == 0xFF52:  # COD: Scod(1) SGcod(4) then SPcod starting with the levels
+            return xsiz, ysiz, (ssiz & 0x7F) + 1, bool(ssiz & 0x80), stream[pos + 9]
+        if marker == 0xFF90:  # first tile-part: no COD in the main header
+            return None
+        pos += 2 + length
+    return None
+
+
+def _colour_to_luma(ds: Dataset, px: _Pixels, path: str | Path,
+                    frame: int | None) -> np.ndarray:
+    arr = _decode(ds, px, path, frame)  # YBR_* arrive as RGB (pydicom converts unless raw)
+    top = float(2**px.bits_stored - 1)
+    if px.photometric == "PALETTE COLOR":
+        from pydicom.pixels.processing import apply_color_lut
+
+        try:
+            arr = apply_color_lut(arr, ds)
+        except Exception as e:
+            raise InputError(path, f"cannot apply the palette colour LUT: {_one_line(e)}") \
+                from None
+        top = 65535.0 if arr.dtype == np.uint16 else 255.0
+    if arr.ndim != 3 or arr.shape[-1] != 3:
+        raise InputError(path, f"colour pixel data has shape {arr.shape}, expected rows x "
+                         "columns x 3")
+    luma = arr[..., 0] * 0.299 + arr[..., 1] * 0.587 + arr[..., 2] * 0.114
+    return np.clip(luma / top, 0.0, 1.0).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# stored values -> [0, 1]: modality LUT, VOI, inversion, as one lookup table
+
+
+def stored_range(bits_stored: int, signed: bool) -> tuple[int, int]:
+    """The values Bits Stored can hold (PS3.5 8.1.1), e.g. 15 unsigned bits: 0..32767."""
+    if signed:
+        return -(1 << (bits_stored - 1)), (1 << (bits_stored - 1)) - 1
+    return 0, (1 << bits_stored) - 1
+
+
+def gray_to_float(ds: Dataset, stored: np.ndarray, bits_stored: int, signed: bool,
+                  voi: VoiMode = "file") -> tuple[np.ndarray, str]:
+    """Map stored grayscale values to the workbench image; returns (image, VOI description)."""
+    lo, hi = stored_range(bits_stored, signed)
+    smin, smax = int(stored.min()), int(stored.max())
+    note = ""
+    if smin < lo or smax > hi:
+        # Only a compressed codestream whose precision exceeds the header's Bits Stored gets
+        # here (native data is masked to Bits Stored). Trust the codestream and say so.
+        need = (max(smax.bit_length(), (-smin - 1).bit_length()) + 1 if signed
+                else smax.bit_length())
+        bits_stored = max(bits_stored, need)
+        lo, hi = stored_range(bits_stored, signed)
+        note = f", values exceed Bits Stored: read as {bits_stored} bits"
+    if bits_stored > 16:  # a 2**32-entry table is too big: transform the values themselves
+        values, desc = _transform(ds, stored.astype(np.float64), lo, hi, smin, smax, voi)
+        return values.astype(np.float32), desc + note
+    domain = np.arange(lo, hi + 1, dtype=np.float64)
+    table, desc = _transform(ds, domain, lo, hi, smin, smax, voi)
+    table = table.astype(np.float32)
+    index = stored if lo == 0 else (stored.astype(np.int32) - lo)
+    return table[index], desc + note
+
+
+def _transform(ds: Dataset, values: np.ndarray, lo: int, hi: int, smin: int, smax: int,
+               voi: VoiMode) -> tuple[np.ndarray, str]:
+    """Modality LUT, VOI, inversion applied to ``values`` (stored values as float64)."""
+    modality = _modality(ds, values, lo)
+    domain_m = _modality(ds, np.array([lo, hi, smin, smax], dtype=np.float64), lo)
+    if voi == "file":
+        out = _file_voi(ds, modality)
+        if out is None:
+            out, desc = _linear(modality, float(min(domain_m[:2])), float(max(domain_m[:2]))), \
+                "full range (no window in the file)"
+        else:
+            out, desc = out
+    elif voi == "full":
+        out, desc = _linear(modality, float(min(domain_m[:2])), float(max(domain_m[:2]))), \
+            "full range"
+    else:
+        out, desc = _linear(modality, float(min(domain_m[2:])), float(max(domain_m[2:]))), \
+            "image min..max"
+    if _inverted(ds):
+        out = 1.0 - out
+        desc += ", inverted (MONOCHROME1)"
+    return out, desc
+
+
+def _modality(ds: Dataset, values: np.ndarray, lo: int) -> np.ndarray:
+    """PS3.3 C.11.1: Modality LUT Sequence if present, else Rescale Slope/Intercept."""
+    seq = ds.get("ModalityLUTSequence")
+    if seq:
+        return _lut_lookup(seq[0], values, signed_first=lo < 0)[0]
+    try:
+        slope = float(ds.get("RescaleSlope", 1) or 1)
+        intercept = float(ds.get("RescaleIntercept", 0) or 0)
+    except (TypeError, ValueError):
+        slope, intercept = 1.0, 0.0
+    if slope == 1.0 and intercept == 0.0:
+        return values
+    return values * slope + intercept
+
+
+def _file_voi(ds: Dataset, m: np.ndarray) -> tuple[np.ndarray, str] | None:
+    """The file's VOI: its first VOI LUT (preferred, as pydicom does), else its first window."""
+    seq = ds.get("VOILUTSequence")
+    if seq:
+        out, bits = _lut_lookup(seq[0], m, signed_first=False)
+        top = max(float(2**bits - 1), float(out.max()))  # some LUTs overstate their depth
+        return np.clip(out / top, 0.0, 1.0), "VOI LUT"
+    centers, widths = _multi(ds, "WindowCenter"), _multi(ds, "WindowWidth")
+    if not centers or not widths:
+        return None
+    c, w = centers[0], widths[0]  # PS3.3 C.11.2.1.2: the first pair is the default
+    func = (_str(ds, "VOILUTFunction") or "LINEAR").upper()
+    if func == "LINEAR_EXACT" and w > 0:
+        y = (m - c) / w + 0.5  # C.11.2.1.3.2
+    elif func == "SIGMOID" and w > 0:
+        return 1.0 / (1.0 + np.exp(-4.0 * (m - c) / w)), f"window {c:g}/{w:g} SIGMOID"
+    elif w >= 1:
+        func = "LINEAR"
+        # C.11.2.1.2.1: y = ((x - (c - 0.5)) / (w - 1) + 0.5), clipped; w == 1 is a threshold
+        y = (m > c - 0.5).astype(np.float64) if w == 1 else (m - (c - 0.5)) / (w - 1) + 0.5
+    else:
+        return None  # an invalid width: fall back to the full range
+    return np.clip(y, 0.0, 1.0), f"window {c:g}/{w:g} {func}"
+
+
+def _multi(ds: Dataset, keyword: str) -> list[float]:
+    v = ds.get(keyword)
+    if v is None or v == "":
+        return []
+    try:
+        vals = [float(x) for x in (v if isinstance(v, pydicom.multival.MultiValue) else [v])]
+    except (TypeError, ValueError):
+        return []
+    return [x for x in vals if math.isfinite(x)]
+
+
+def _lut_lookup(item: Dataset, values: np.ndarray, signed_first: bool) -> tuple[np.ndarray, int]:
+    """Apply a LUT item (LUT Descriptor [entries, first mapped value, bits], LUT Data)."""
+    n, first, bits = (int(x) for x in item.LUTDescriptor)
+    n = n or 65536  # PS3.3 C.11.1.1.1: 0 means 2**16 entries
+    if signed_first and first >= 32768:  # descriptor is US or SS: a negative first value
+        first -= 65536
+    data = item.LUTData
+    if isinstance(data, bytes | bytearray):
+        lut = np.frombuffer(data, dtype="<u2" if bits > 8 or len(data) >= 2 * n else "u1")
+    else:
+        lut = np.asarray(data if isinstance(data, list | tuple | pydicom.multival.MultiValue)
+                         else [data], dtype=np.float64)
+    lut = np.asarray(lut[:n], dtype=np.float64)
+    idx = np.clip(np.rint(values - first), 0, len(lut) - 1).astype(np.int64)
+    return lut[idx], bits
+
+
+def _linear(m: np.ndarray, low: float, high: float) -> np.ndarray:
+    if high <= low:
+        return np.zeros_like(m)
+    return np.clip((m - low) / (high - low), 0.0, 1.0)
+
+
+def _inverted(ds: Dataset) -> bool:
+    """MONOCHROME1 shows its minimum as white (PS3.3 C.7.6.3.1.2); so does MONOCHROME2 with an
+    INVERSE Presentation LUT Shape. In DX the shape restates the photometric interpretation
+    (C.8.11.6.1.2), so MONOCHROME1 with INVERSE is inverted once, not twice."""
+    photometric = (_str(ds, "PhotometricInterpretation") or "").upper()
+    shape = (_str(ds, "PresentationLUTShape") or "").upper()
+    return photometric == "MONOCHROME1" or (photometric == "MONOCHROME2" and shape == "INVERSE")
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= 300 else text[:297] + "..."

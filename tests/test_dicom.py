@@ -1,0 +1,522 @@
+"""Reading DICOM: the RG1 reference radiograph, the display pipeline, every bad-input case, and
+synthetic images written as DICOM and read back.
+
+The `make_dataset` factory here builds realistic DICOM (real tags and VRs, identifying values a
+PACS export holds, private tags) for this file, test_deid.py and test_ingest.py.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom import uid as dcm_uid
+from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
+from pydicom.sequence import Sequence
+
+from biomed import sources
+from biomed.errors import InputError
+from biomed.imaging import dicom
+from biomed.imaging.dicom import ReadOptions, read_dicom
+from biomed.imaging.dicom_write import prompt_hash, synthetic_dataset, write_synthetic_dicom
+
+# ---------------------------------------------------------------------------------------------
+# a realistic dataset factory (shared with test_deid.py and test_ingest.py)
+
+PATIENTS = {
+    "holloway": dict(PatientName="HOLLOWAY^MARGARET^ROSALIND", PatientID="MRN00482913",
+                     PatientBirthDate="19510621", OtherPatientIDs="NHS4857731920",
+                     PatientAddress="14 Larkspur Lane, Springfield",
+                     PatientTelephoneNumbers="5550187342", PatientSex="F", PatientAge="067Y",
+                     PatientWeight="61.5", PatientSize="1.63"),
+    "przybylski": dict(PatientName="PRZYBYLSKI^TOMASZ", PatientID="MRN00917354",
+                       PatientBirthDate="19480113", OtherPatientIDs="NHS9027716354",
+                       PatientAddress="203 Quarry Road, Shelbyville",
+                       PatientTelephoneNumbers="5550448812", PatientSex="M", PatientAge="071Y",
+                       PatientWeight="82", PatientSize="1.79"),
+}
+# Values of the site and staff, the same in every generated file.
+SITE = dict(InstitutionName="Saint Bartholomew Regional Hospital",
+            InstitutionAddress="1 Hospital Plaza, Springfield",
+            InstitutionalDepartmentName="Radiology East Wing",
+            ReferringPhysicianName="OKAFOR^CHIDIEBERE", PerformingPhysicianName="LINDQVIST^ASTRID",
+            OperatorsName="FERNSBY^GWENDOLYN", StationName="XRAYROOM3WS",
+            DeviceSerialNumber="SN88412QX")
+STUDY_DATE = "20190314"  # every generated study; shifted dates can never equal it
+
+
+def identifying_values(patient: str = "holloway") -> list[str]:
+    """Every identifying value `make_dataset` puts in a header (for "nothing left" checks)."""
+    p = PATIENTS[patient]
+    values = [v for k, v in p.items() if k not in ("PatientSex", "PatientAge", "PatientWeight",
+                                                   "PatientSize")]
+    values += p["PatientName"].split("^")
+    values += [v for v in SITE.values()] + SITE["ReferringPhysicianName"].split("^")
+    values += [STUDY_DATE, f"ACC{p['PatientID'][-6:]}", "Fell on ice at home"]
+    return values
+
+
+def make_dataset(patient: str = "holloway", *, index: int = 0, rows: int = 64,
+                 cols: int = 48, bits_stored: int = 12, photometric: str = "MONOCHROME2",
+                 signed: bool = False, pixels: np.ndarray | None = None,
+                 window: tuple[float, float] | None = (2048, 4096),
+                 spacing: list[str] | None = None, modality: str = "DX",
+                 burned_in: str | None = "NO") -> FileDataset:
+    """A DX chest radiograph as a PACS export holds it: identity, site, staff, dates, UIDs,
+    free text, private tags, a request sequence. Pixels default to a chest-like phantom with
+    dark lungs (in the MONOCHROME2 sense; stored inverted for MONOCHROME1)."""
+    p = PATIENTS[patient]
+    n = sum(map(ord, patient)) % 1000
+    study_uid = f"1.2.840.113619.2.55.3.2831164355.{n}.1"  # a vendor root, as in real exports
+    sop_uid = f"{study_uid}.{index + 1}.1"
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = dcm_uid.DigitalXRayImageStorageForPresentation
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = dcm_uid.ExplicitVRLittleEndian
+    meta.ImplementationClassUID = dcm_uid.PYDICOM_IMPLEMENTATION_UID
+    meta.SourceApplicationEntityTitle = "BARTSPACS"
+    ds = FileDataset("", {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.ImageType = ["ORIGINAL", "PRIMARY"]
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = sop_uid
+    ds.StudyDate = ds.SeriesDate = ds.AcquisitionDate = ds.ContentDate = STUDY_DATE
+    ds.InstanceCreationDate = STUDY_DATE
+    ds.StudyTime, ds.SeriesTime, ds.ContentTime = "101502", "101733", "101734.250"
+    ds.AcquisitionDateTime = STUDY_DATE + "101733.000000"
+    ds.AccessionNumber = f"ACC{p['PatientID'][-6:]}"
+    ds.Modality = modality
+    ds.PresentationIntentType = "FOR PRESENTATION"
+    ds.Manufacturer = "Carestream Health"
+    ds.ManufacturerModelName = "DRX-Evolution"
+    for k, v in {**SITE, **p}.items():
+        setattr(ds, k, v)
+    ds.StudyDescription = f"CHEST PA {p['PatientName'].split('^')[0]}"
+    ds.SeriesDescription = "PA chest"
+    ds.ImageComments = "Fell on ice at home"
+    ds.BodyPartExamined = "CHEST"
+    ds.ViewPosition = "PA"
+    ds.ImageLaterality = "U"
+    ds.PatientOrientation = ["L", "F"]
+    ds.StudyInstanceUID = study_uid
+    ds.SeriesInstanceUID = study_uid + ".2"
+    ds.FrameOfReferenceUID = study_uid + ".3"
+    ds.StudyID = f"ST{p['PatientID'][-4:]}"
+    ds.SeriesNumber, ds.InstanceNumber = 1, index + 1
+    ds.KVP, ds.ExposureTime, ds.Exposure = "120", "8", "2"
+    ds.DistanceSourceToDetector = "1800"
+    ds.ImagerPixelSpacing = ["0.139", "0.139"]
+    if spacing is not None:
+        ds.PixelSpacing = spacing
+    if burned_in is not None:
+        ds.BurnedInAnnotation = burned_in
+    req = Dataset()
+    req.RequestedProcedureID = "RP" + p["PatientID"]
+    req.ScheduledProcedureStepID = "SPS" + p["PatientID"]
+    req.RequestedProcedureDescription = "Chest X-ray for " + p["PatientName"]
+    ds.RequestAttributesSequence = Sequence([req])
+    ref = Dataset()
+    ref.ReferencedSOPClassUID = dcm_uid.DigitalXRayImageStorageForPresentation
+    ref.ReferencedSOPInstanceUID = study_uid + ".99.1"
+    ds.SourceImageSequence = Sequence([ref])
+    block = ds.private_block(0x0029, "ACME CR PRIVATE 1.0", create=True)
+    block.add_new(0x10, "LO", p["PatientName"].replace("^", " "))
+    block.add_new(0x11, "LO", p["PatientID"])
+
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = photometric
+    ds.BitsAllocated = 16
+    ds.BitsStored = bits_stored
+    ds.HighBit = bits_stored - 1
+    ds.PixelRepresentation = int(signed)
+    if window is not None:
+        ds.WindowCenter, ds.WindowWidth = f"{window[0]:g}", f"{window[1]:g}"
+    if pixels is None:
+        pixels = phantom(rows, cols, bits_stored, invert=photometric == "MONOCHROME1",
+                         seed=index + n)
+    ds.Rows, ds.Columns = pixels.shape
+    ds.PixelData = pixels.astype("<i2" if signed else "<u2").tobytes()
+    return ds
+
+
+def phantom(rows: int, cols: int, bits: int, invert: bool = False, seed: int = 0) -> np.ndarray:
+    """Stored values of a crude chest: bright body, two dark lung fields, a bright spine."""
+    y, x = np.mgrid[0:rows, 0:cols] / np.array([rows, cols])[:, None, None]
+    img = np.full((rows, cols), 0.75)
+    for cx in (0.28, 0.72):  # lungs
+        img[((x - cx) / 0.17) ** 2 + ((y - 0.45) / 0.3) ** 2 < 1] = 0.2
+    img[(abs(x - 0.5) < 0.06)] = 0.95  # mediastinum and spine
+    img += np.random.default_rng(seed).normal(0, 0.01, img.shape)
+    top = 2**bits - 1
+    values = np.clip(img, 0, 1) * top
+    return np.round(top - values if invert else values).astype(np.uint16)
+
+
+def save(ds: Dataset, path) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return str(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# the real radiograph (RG1)
+
+needs_rg1 = pytest.mark.skipif(sources.status("chest_dicom") != "cached",
+                               reason="run `biomed data fetch chest_dicom` first")
+
+
+def _stored(name: str) -> np.ndarray:
+    return pydicom.dcmread(sources.path("chest_dicom", name)).pixel_array
+
+
+@pytest.fixture(scope="module")
+def rg1():
+    return {n: read_dicom(sources.path("chest_dicom", f"RG1_{n}.dcm"))
+            for n in ("UNCI", "UNCR", "J2KI", "J2KR")}
+
+
+@pytest.mark.data
+@needs_rg1
+def test_rg1_jpeg2000_decodes_bit_identical_to_uncompressed(rg1):
+    assert np.array_equal(_stored("RG1_J2KI.dcm"), _stored("RG1_UNCI.dcm"))  # lossy's copy
+    assert np.array_equal(_stored("RG1_J2KR.dcm"), _stored("RG1_UNCR.dcm"))  # lossless
+    assert np.array_equal(rg1["J2KI"].image, rg1["UNCI"].image)
+    assert np.array_equal(rg1["J2KR"].image, rg1["UNCR"].image)
+
+
+@pytest.mark.data
+@needs_rg1
+def test_rg1_lossy_and_lossless_agree_within_tolerance(rg1):
+    diff = np.abs(_stored("RG1_UNCI.dcm").astype(int) - _stored("RG1_UNCR.dcm").astype(int))
+    assert diff.max() <= 403 and 40 < diff.mean() < 60  # the DESIGN's facts: up to 403, mean 50
+    img_diff = np.abs(rg1["UNCI"].image - rg1["UNCR"].image)
+    assert img_diff.max() <= 404 / 29999 and img_diff.mean() < 0.002  # window width 30000
+
+
+@pytest.mark.data
+@needs_rg1
+def test_rg1_metadata_and_display_pipeline(rg1):
+    meta = rg1["J2KR"].meta
+    assert (meta.modality, meta.view_position, meta.photometric) == ("CR", "PA", "MONOCHROME1")
+    assert (meta.bits_stored, meta.bits_allocated, meta.rows, meta.columns) == (15, 16, 1955,
+                                                                                 1841)
+    assert meta.pixel_spacing is None and meta.spacing_source is None  # [0,0] means unknown
+    assert meta.voi == "window 15000/30000 LINEAR, inverted (MONOCHROME1)"
+    assert meta.transfer_syntax == "JPEG 2000 Image Compression (Lossless Only)"
+    assert not meta.lossy and rg1["J2KI"].meta.lossy and rg1["UNCI"].meta.lossy
+    img = rg1["UNCR"].image
+    assert img.dtype == np.float32 and img.shape == (1955, 1841)
+    assert img.min() >= 0.0 and img.max() <= 1.0
+    # MONOCHROME1 inverted: lungs dark, mediastinum and spine bright
+    lung_right = img[500:1100, 300:650].mean()   # the patient's right lung, image left
+    lung_left = img[500:1100, 1200:1550].mean()
+    mediastinum = img[500:1300, 850:1000].mean()
+    assert max(lung_right, lung_left) + 0.1 < mediastinum
+    # full range scales by Bits Stored (0..32767), not by the 16-bit container
+    full = read_dicom(sources.path("chest_dicom", "RG1_UNCR.dcm"), ReadOptions(voi="full"))
+    raw = _stored("RG1_UNCR.dcm")
+    assert np.allclose(full.image, 1.0 - raw / 32767.0, atol=1e-6)
+
+
+@pytest.mark.data
+@needs_rg1
+def test_rg1_reduced_resolution_jpeg2000(rg1):
+    """decode_size lets JPEG 2000 stop at a coarser wavelet level (1841 columns: one level,
+    since Pillow rounds 1841/4 differently from the codestream)."""
+    red = read_dicom(sources.path("chest_dicom", "RG1_J2KR.dcm"), ReadOptions(decode_size=512))
+    assert red.image.shape == (978, 921) and red.meta.rows == 1955
+    full = rg1["J2KR"].image
+    box = full[:1954, :1840].reshape(977, 2, 920, 2).mean(axis=(1, 3))
+    assert np.abs(red.image[:977, :920] - box).mean() < 0.01
+
+
+# ---------------------------------------------------------------------------------------------
+# the display pipeline on synthetic values
+
+
+def _ramp(bits: int, signed: bool = False) -> np.ndarray:
+    lo, hi = dicom.stored_range(bits, signed)
+    return np.linspace(lo, hi, 64 * 48).round().reshape(64, 48)
+
+
+def test_window_linear_follows_ps3_3_formula():
+    ds = make_dataset(pixels=_ramp(12), window=(1000, 401))
+    out = dicom.dataset_to_image(ds).image
+    x = _ramp(12)
+    expected = np.clip((x - 999.5) / 400 + 0.5, 0, 1)
+    assert np.allclose(out, expected, atol=1e-6)
+
+
+def test_monochrome1_is_inverted_and_full_range_uses_bits_stored():
+    ds = make_dataset(pixels=_ramp(12), photometric="MONOCHROME1", window=None)
+    out = dicom.dataset_to_image(ds)
+    assert out.meta.voi == "full range (no window in the file), inverted (MONOCHROME1)"
+    assert np.allclose(out.image, 1 - _ramp(12) / 4095, atol=1e-6)
+    assert out.image.max() == 1.0  # 12 bits in 16: 4095 is the top, not 65535
+
+
+def test_rescale_signed_minmax_and_other_voi_functions():
+    x = _ramp(12, signed=True)
+    ds = make_dataset(pixels=x, signed=True, window=(0, 1000))
+    ds.RescaleSlope, ds.RescaleIntercept = "2", "-100"
+    m = x * 2 - 100
+    assert np.allclose(dicom.dataset_to_image(ds).image,
+                       np.clip((m + 0.5) / 999 + 0.5, 0, 1), atol=1e-6)
+    ds.VOILUTFunction = "LINEAR_EXACT"
+    assert np.allclose(dicom.dataset_to_image(ds).image, np.clip(m / 1000 + 0.5, 0, 1),
+                       atol=1e-6)
+    ds.VOILUTFunction = "SIGMOID"
+    assert np.allclose(dicom.dataset_to_image(ds).image, 1 / (1 + np.exp(-4 * m / 1000)),
+                       atol=1e-6)
+    full = dicom.dataset_to_image(ds, options=ReadOptions(voi="full")).image
+    assert np.allclose(full, (m - (-2048 * 2 - 100)) / (4095 * 2), atol=1e-6)
+    ds2 = make_dataset(pixels=np.array([[100, 200], [300, 400]]), window=None)
+    assert np.allclose(dicom.dataset_to_image(ds2, options=ReadOptions(voi="minmax")).image,
+                       [[0, 1 / 3], [2 / 3, 1]], atol=1e-6)
+
+
+def test_voi_lut_sequence_is_preferred_to_the_window():
+    ds = make_dataset(pixels=np.array([[0, 5], [10, 4095]]), window=(2048, 4096))
+    item = Dataset()
+    item.LUTDescriptor = [8, 2, 8]  # 8 entries, first mapped value 2, 8 bits
+    item.LUTData = [0, 10, 20, 40, 80, 160, 200, 255]
+    ds.VOILUTSequence = Sequence([item])
+    out = dicom.dataset_to_image(ds)
+    assert out.meta.voi == "VOI LUT"
+    assert np.allclose(out.image, np.array([[0, 40], [255, 255]]) / 255, atol=1e-6)
+
+
+def test_pixel_spacing_zero_or_missing_is_unknown():
+    meta = dicom.metadata(make_dataset(spacing=["0", "0"]))
+    assert (meta.pixel_spacing, meta.spacing_source) == ((0.139, 0.139), "ImagerPixelSpacing")
+    ds = make_dataset(spacing=["0", "0"])
+    del ds.ImagerPixelSpacing
+    assert dicom.metadata(ds).pixel_spacing is None
+    del ds.PixelSpacing
+    assert dicom.metadata(ds).pixel_spacing is None
+    ds.PixelSpacing = ["0.15", "0.148"]
+    assert dicom.metadata(ds).pixel_spacing == (0.15, 0.148)
+    ds.PixelSpacing = ["-1", "0.1"]
+    assert dicom.metadata(ds).pixel_spacing is None
+    assert dicom.metadata(ds).to_dict()["pixel_spacing"] == ""
+
+
+def test_bits_above_bits_stored_are_ignored(tmp_path):
+    """PS3.5 8.1.1: old files keep overlays in the unused high bits."""
+    ds = make_dataset(pixels=np.array([[0xF000 | 4095, 0x1000]]), window=None)
+    out = read_dicom(save(ds, tmp_path / "a.dcm")).image
+    assert np.allclose(out, [[1.0, 0.0]])
+
+
+@pytest.mark.parametrize("syntax", [dcm_uid.RLELossless, dcm_uid.JPEG2000Lossless,
+                                    dcm_uid.DeflatedExplicitVRLittleEndian,
+                                    dcm_uid.ImplicitVRLittleEndian])
+def test_compressed_syntaxes_decode_to_the_same_image(tmp_path, syntax):
+    native = make_dataset(rows=40, cols=32, photometric="MONOCHROME1")
+    ds = make_dataset(rows=40, cols=32, photometric="MONOCHROME1")
+    if dcm_uid.UID(syntax).is_compressed:
+        ds.compress(syntax)
+    else:
+        ds.file_meta.TransferSyntaxUID = syntax
+    out = read_dicom(save(ds, tmp_path / "c.dcm"))
+    assert np.array_equal(out.image, dicom.dataset_to_image(native).image)
+
+
+def test_j2k_reduced_decode_matches_a_box_downsample(tmp_path):
+    ds = make_dataset(rows=256, cols=192, bits_stored=12)
+    full = dicom.dataset_to_image(ds).image
+    ds.compress(dcm_uid.JPEG2000Lossless)
+    path = save(ds, tmp_path / "j.dcm")
+    red = read_dicom(path, ReadOptions(decode_size=60))
+    assert red.image.shape == (64, 48) and red.meta.image_shape == (64, 48)
+    box = full.reshape(64, 4, 48, 4).mean(axis=(1, 3))
+    diff = np.abs(red.image - box)  # the 5/3 wavelet's low band differs from a box at edges
+    assert np.median(diff) < 0.005 and diff.mean() < 0.05
+    assert read_dicom(path, ReadOptions(decode_size=200)).image.shape == (256, 192)
+    # (rows, columns): each side at least that (one level gives 128x96)
+    assert read_dicom(path, ReadOptions(decode_size=(100, 90))).image.shape == (128, 96)
+    assert read_dicom(path, ReadOptions(decode_size=(60, 100))).image.shape == (256, 192)
+
+
+def test_bare_dataset_without_preamble_is_read(tmp_path):
+    bare = Dataset()
+    bare.update(make_dataset())
+    path = tmp_path / "bare.dcm"
+    bare.save_as(path, implicit_vr=True, little_endian=True)  # no preamble, no file meta
+    assert path.read_bytes()[128:132] != b"DICM"
+    out = read_dicom(path)
+    assert np.array_equal(out.image, dicom.dataset_to_image(make_dataset()).image)
+
+
+# ---------------------------------------------------------------------------------------------
+# bad input: a one-line typed error naming the file and the reason
+
+
+def _error(path, options=None) -> str:
+    with pytest.raises(InputError) as info:
+        read_dicom(path, options)
+    msg = str(info.value)
+    assert "\n" not in msg and msg.startswith(f"{path}: ")
+    return msg
+
+
+def test_not_dicom_empty_and_missing(tmp_path):
+    (tmp_path / "note.txt").write_text("Patient notes\n" * 20)
+    assert "not a DICOM file (no 'DICM' marker at byte 128" in _error(tmp_path / "note.txt")
+    (tmp_path / "empty.dcm").write_bytes(b"")
+    assert _error(tmp_path / "empty.dcm").endswith(": empty file (0 bytes)")
+    assert _error(tmp_path / "missing.dcm").endswith(": file not found")
+    (tmp_path / "short.dcm").write_bytes(b"\0" * 64)
+    assert "truncated file: 64 bytes" in _error(tmp_path / "short.dcm")
+
+
+def test_truncated_header_and_truncated_pixel_data(tmp_path):
+    data = tmp_path / "full.dcm"
+    save(make_dataset(), data)
+    raw = data.read_bytes()
+    cut = tmp_path / "cut_header.dcm"
+    for n in (300, 700, 1100):  # inside a value, inside an element header, ...
+        cut.write_bytes(raw[:n])
+        assert "truncated file" in _error(cut)
+    cut.write_bytes(raw[:-1000])
+    msg = _error(cut)
+    assert "truncated file: Pixel Data declares 6144 bytes, the file holds 5144" in msg
+
+
+def test_no_pixel_data(tmp_path):
+    ds = make_dataset()
+    del ds.PixelData
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = dcm_uid.BasicTextSRStorage
+    msg = _error(save(ds, tmp_path / "sr.dcm"))
+    assert msg.endswith("no pixel data (no (7FE0,0010) element; Basic Text SR Storage; the "
+                        "header describes an image, so the file may be truncated)")
+    for kw in ("Rows", "Columns", "BitsAllocated", "PhotometricInterpretation"):
+        delattr(ds, kw)
+    assert _error(save(ds, tmp_path / "sr.dcm")).endswith(
+        "no pixel data (no (7FE0,0010) element; Basic Text SR Storage)")
+
+
+def test_pixel_data_shorter_than_the_header_says(tmp_path):
+    ds = make_dataset(rows=64, cols=48)
+    ds.Rows = 80  # header claims more rows than the data holds
+    msg = _error(save(ds, tmp_path / "short.dcm"))
+    assert "pixel data is 6144 bytes, shorter than the 7680 the header says (80x48" in msg
+
+
+def test_unknown_and_unsupported_transfer_syntaxes(tmp_path):
+    path = save(make_dataset(), tmp_path / "u.dcm")
+    with open(path, "rb") as f:
+        raw = f.read()
+    explicit = dcm_uid.ExplicitVRLittleEndian.encode() + b"\0"
+    assert raw.count(explicit) == 1
+    with open(path, "wb") as f:  # a syntax pydicom cannot even write
+        f.write(raw.replace(explicit, b"1.2.840.10008.1.2.99"))
+    assert _error(path).endswith("unknown transfer syntax 1.2.840.10008.1.2.99")
+    ds = make_dataset()
+    ds.file_meta.TransferSyntaxUID = dcm_uid.MPEG2MPML
+    ds.PixelData = pydicom.encaps.encapsulate([b"\0" * 64])
+    ds["PixelData"].VR = "OB"
+    msg = _error(save(ds, tmp_path / "mpeg.dcm"))
+    assert msg.endswith("unsupported transfer syntax MPEG2 Main Profile / Main Level "
+                        "(1.2.840.10008.1.2.4.100): no decoder exists for it")
+
+
+def test_syntax_without_an_installed_decoder_names_it(tmp_path, monkeypatch):
+    """As if neither pylibjpeg-libjpeg nor pyjpegls were installed."""
+    from pydicom.pixels.decoders.base import Decoder
+
+    ds = make_dataset(rows=16, cols=16)
+    ds.file_meta.TransferSyntaxUID = dcm_uid.JPEGLSLossless
+    ds.PixelData = pydicom.encaps.encapsulate([b"\xff\xd8" + b"\0" * 62])
+    ds["PixelData"].VR = "OB"
+    path = save(ds, tmp_path / "jls.dcm")
+    monkeypatch.setattr(Decoder, "is_available", property(lambda self: False))
+    msg = _error(path)
+    assert "transfer syntax JPEG-LS Lossless Image Compression (1.2.840.10008.1.2.4.80) has " \
+        "no installed decoder (" in msg and "pyjpegls" in msg
+
+
+def test_undecodable_pixel_data(tmp_path):
+    ds = make_dataset()
+    ds.file_meta.TransferSyntaxUID = dcm_uid.JPEG2000Lossless
+    ds.PixelData = pydicom.encaps.encapsulate([b"\xff\x4f\xff\x51" + b"\x07" * 200])
+    ds["PixelData"].VR = "OB"
+    msg = _error(save(ds, tmp_path / "bad.dcm"))
+    assert "cannot decode JPEG 2000 Image Compression (Lossless Only) pixel data" in msg
+
+
+def _rgb_dataset() -> FileDataset:
+    ds = make_dataset(rows=8, cols=6, window=None)
+    rgb = np.zeros((8, 6, 3), np.uint8)
+    rgb[..., 0], rgb[..., 1], rgb[..., 2] = 200, 100, 50
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit = 7
+    ds.PixelData = rgb.tobytes()
+    return ds
+
+
+def test_colour_is_refused_or_converted_and_says_which(tmp_path):
+    path = save(_rgb_dataset(), tmp_path / "rgb.dcm")
+    msg = _error(path)
+    assert "colour image (RGB, 3 samples per pixel) refused: grayscale required" in msg
+    out = read_dicom(path, ReadOptions(color="convert"))
+    assert out.meta.color_converted and "converted from RGB to luma" in out.notes[0]
+    assert np.allclose(out.image, (0.299 * 200 + 0.587 * 100 + 0.114 * 50) / 255, atol=1e-6)
+
+
+def test_multi_frame_is_refused_unless_a_frame_is_chosen(tmp_path):
+    frames = np.stack([np.full((8, 6), v, np.uint16) for v in (0, 1000, 4095)])
+    ds = make_dataset(rows=8, cols=6, window=None)
+    ds.NumberOfFrames = 3
+    ds.PixelData = frames.astype("<u2").tobytes()
+    path = save(ds, tmp_path / "mf.dcm")
+    assert "multi-frame image (3 frames) refused: a radiograph is one frame; choose one with " \
+        "frame=K / --frame K" in _error(path)
+    out = read_dicom(path, ReadOptions(frame=1))
+    assert out.meta.frame == 1 and out.meta.frames == 3 and "frame 1 of 3" in out.notes
+    assert np.allclose(out.image, 1000 / 4095)
+    assert "frame 3 requested but the image has 3 frames" in _error(path, ReadOptions(frame=3))
+
+
+def test_inconsistent_pixel_description(tmp_path):
+    ds = make_dataset()
+    ds.BitsStored = 20
+    assert "invalid bit depth: Bits Allocated 16, Bits Stored 20" in _error(
+        save(ds, tmp_path / "b.dcm"))
+
+
+# ---------------------------------------------------------------------------------------------
+# synthetic images written as DICOM
+
+
+def test_synthetic_dicom_is_marked_and_reads_back_with_the_same_pixels(tmp_path):
+    rng = np.random.default_rng(0)
+    img = rng.random((40, 30)).astype(np.float32)
+    img[0, 0], img[0, 1] = 0.0, 1.0
+    path = write_synthetic_dicom(tmp_path / "s.dcm", img, model_id="roentgen-tiny",
+                                 prompt="Small left pleural effusion.", seed=7, steps=20,
+                                 guidance=4.0)
+    ds = pydicom.dcmread(path)
+    assert list(ds.ImageType) == ["DERIVED", "SECONDARY"] and ds.ConversionType == "SYN"
+    assert ds.BurnedInAnnotation == "NO"
+    assert "model roentgen-tiny" in ds.DerivationDescription
+    assert prompt_hash("Small left pleural effusion.") in ds.DerivationDescription
+    assert "effusion" not in ds.DerivationDescription  # the hash, never the prompt
+    other = synthetic_dataset(img, model_id="m", prompt="p")
+    assert len({ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID,
+                other.StudyInstanceUID, other.SOPInstanceUID}) == 5  # new UIDs every time
+    back = read_dicom(path)
+    assert back.meta.photometric == "MONOCHROME2" and back.meta.bits_stored == 16
+    from biomed.imaging.pixels import to_uint16
+
+    assert np.array_equal(to_uint16(back.image), to_uint16(img))
+    assert np.abs(back.image - img).max() <= 0.5 / 65535 + 1e-7
+
+
+def test_values_beyond_bits_stored_are_read_wider_and_said():
+    """A codestream more precise than the header's Bits Stored: trusted, and noted."""
+    ds = make_dataset(pixels=np.array([[0, 4095]]), window=None)
+    image, desc = dicom.gray_to_float(ds, np.array([[0, 8191]], np.uint16), 12, False, "full")
+    assert np.allclose(image, [[0, 1]]) and desc.endswith("values exceed Bits Stored: read as "
+                                                          "13 bits")

@@ -1,0 +1,240 @@
+"""`biomed dicom inspect|ingest` on a PACS-export-like folder: outputs, skipped files, no
+identifier left behind in any output byte, resuming, settings checks, DICOM output."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+from pydicom import uid as dcm_uid
+
+from biomed import sources
+from biomed.cli import TOOLS, main
+from biomed.imaging.dicom import ReadOptions, read_dicom
+from biomed.imaging.ingest import ERROR_COLUMNS, MANIFEST_COLUMNS, find_files, shrink
+from biomed.imaging.pixels import to_uint16
+from tests.test_dicom import identifying_values, make_dataset, save
+
+FOLDER_A = "HOLLOWAY_MARGARET_MRN00482913"
+FOLDER_B = "PRZYBYLSKI_TOMASZ_MRN00917354"
+
+
+@pytest.fixture(scope="module")
+def export(tmp_path_factory) -> Path:
+    """A PACS export: patient names in folder names, mixed syntaxes, and junk."""
+    src = tmp_path_factory.mktemp("export")
+    a, b = src / FOLDER_A / "20190314_CHEST_PA", src / FOLDER_B
+    save(make_dataset("holloway", index=0, rows=96, cols=72), a / "IMG0001.dcm")
+    j2k = make_dataset("holloway", index=1, rows=96, cols=72, photometric="MONOCHROME1")
+    j2k.compress(dcm_uid.JPEG2000Lossless)
+    save(j2k, a / "IMG0002.dcm")
+    rle = make_dataset("holloway", index=2, rows=96, cols=72, bits_stored=14,
+                       window=(8000, 12000))
+    rle.compress(dcm_uid.RLELossless)
+    save(rle, a / "IMG0003")  # PACS exports often have no extension
+    save(make_dataset("holloway", index=3, burned_in="YES"), a / "IMG0004.dcm")
+    save(make_dataset("przybylski", index=0, rows=80, cols=100, spacing=["0.15", "0.15"]),
+         b / "CR_0001.dcm")
+    (b / "report.txt").write_text("Chest X-ray of PRZYBYLSKI^TOMASZ: no acute findings.\n")
+    whole = save(make_dataset("przybylski", index=1), b / "whole.dcm")
+    (b / "truncated.dcm").write_bytes(Path(whole).read_bytes()[:-700])
+    Path(whole).unlink()
+    sr = make_dataset("przybylski", index=2)
+    del sr.PixelData
+    for kw in ("Rows", "Columns", "BitsAllocated", "PhotometricInterpretation"):
+        delattr(sr, kw)
+    sr.SOPClassUID = sr.file_meta.MediaStorageSOPClassUID = dcm_uid.BasicTextSRStorage
+    save(sr, b / "SR_0001.dcm")
+    (src / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    return src
+
+
+def _run(capsys, *argv) -> tuple[int, str, str]:
+    code = main(["dicom", *map(str, argv)])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _csv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _identifiers(export: Path) -> list[str]:
+    """Every identifying value of the inputs: header values, folder names, instance UIDs."""
+    values = identifying_values("holloway") + identifying_values("przybylski")
+    values += [FOLDER_A, FOLDER_B, "BARTSPACS", "MRN00482913", "MRN00917354"]
+    for path in find_files(export):
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+        except Exception:
+            continue
+        values += [str(e.value) for e in ds.iterall()
+                   if e.VR == "UI" and e.value and str(e.value) not in dcm_uid.UID_dictionary]
+    return sorted(set(values))
+
+
+def _assert_nothing_identifying(out_dir: Path, identifiers: list[str]) -> int:
+    files = [p for p in out_dir.rglob("*") if p.is_file()]
+    for path in files:
+        data = path.read_bytes().lower()
+        for value in identifiers:
+            assert value.lower().encode() not in data, f"{value!r} found in {path}"
+    return len(files)
+
+
+def test_dicom_tool_is_registered():
+    assert TOOLS["dicom"][0] == "biomed.imaging.ingest:dicom_main"
+
+
+def test_ingest_png_with_hashed_paths_leaves_no_identifier(export, tmp_path, capsys):
+    out, key = tmp_path / "out", tmp_path / "secret" / "deid.key"
+    code, stdout, _ = _run(capsys, "ingest", export, out, "--size", "48", "--hash-paths",
+                           "--workers", "2", "--key-file", key, "--no-progress")
+    assert code == 0
+    assert stdout.startswith("ingest: 4 written, 0 already done, 4 skipped, 1 for burned-in "
+                             "annotation (reasons in errors.csv) in ")
+
+    rows = _csv(out / "manifest.csv")
+    assert len(rows) == 4 and list(rows[0]) == list(MANIFEST_COLUMNS)
+    assert len({r["patient_id"] for r in rows}) == 2  # pseudonyms keep patients apart
+    for r in rows:
+        assert len(r["source"]) == 20 and "/" not in r["source"]  # a keyed hash, no path
+        assert r["output"] == f"images/{r['id']}.png"
+        with Image.open(out / r["output"]) as im:
+            assert im.mode == "I;16" and max(im.size) == 48
+        assert r["study_date"] and r["study_date"] != "20190314"
+        assert r["sop_uid"].startswith("2.25.") and r["patient_sex"] == ""
+    spaced = next(r for r in rows if r["columns"] == "100")  # Pixel Spacing over Imager's
+    assert (spaced["pixel_spacing"], spaced["spacing_source"]) == ("0.15\\0.15", "PixelSpacing")
+    assert (spaced["output_rows"], spaced["output_columns"]) == ("38", "48")
+    assert spaced["output_pixel_spacing"] == f"{0.15 * 80 / 38:.6g}\\0.3125"  # 80x100 -> 38x48
+    syntaxes = sorted(r["transfer_syntax"] for r in rows)
+    assert syntaxes == ["Explicit VR Little Endian", "Explicit VR Little Endian",
+                        "JPEG 2000 Image Compression (Lossless Only)", "RLE Lossless"]
+
+    errors = _csv(out / "errors.csv")
+    assert list(errors[0]) == list(ERROR_COLUMNS) and len(errors) == 4
+    reasons = sorted(e["reason"] for e in errors)
+    assert reasons[0].startswith("Burned In Annotation is YES")
+    assert reasons[1].startswith("no pixel data (no (7FE0,0010) element; Basic Text SR")
+    assert reasons[2].startswith("not a DICOM file")
+    assert reasons[3].startswith("truncated file: Pixel Data declares")
+
+    n = _assert_nothing_identifying(out, _identifiers(export))
+    assert n == 4 + 3  # images, manifest, errors, settings (the key lives elsewhere)
+
+    # the PNG holds what the reader gives, shrunk: 16-bit, lungs dark
+    native = next(r for r in rows if r["transfer_syntax"] == "Explicit VR Little Endian"
+                  and r["columns"] == "72")
+    expected = to_uint16(shrink(read_dicom(export / FOLDER_A / "20190314_CHEST_PA" /
+                                           "IMG0001.dcm").image, 48))
+    with Image.open(out / native["output"]) as im:
+        assert np.array_equal(np.asarray(im), expected)
+
+
+def test_ingest_resumes_and_refuses_other_settings(export, tmp_path, capsys):
+    out, key = tmp_path / "out", tmp_path / "deid.key"
+    args = ("ingest", export, out, "--size", "40", "--key-file", key, "--workers", "1")
+    assert _run(capsys, *args)[0] == 0
+    first = _csv(out / "manifest.csv")
+    code, stdout, _ = _run(capsys, *args)
+    assert code == 0 and stdout.startswith("ingest: 0 written, 4 already done, 4 skipped")
+    (out / first[0]["output"]).unlink()  # a lost image is redone, not duplicated
+    code, stdout, _ = _run(capsys, *args)
+    assert stdout.startswith("ingest: 1 written, 3 already done, 4 skipped")
+    again = _csv(out / "manifest.csv")
+    assert sorted(r["id"] for r in again) == sorted(r["id"] for r in first)
+    assert len(_csv(out / "errors.csv")) == 4  # failures are retried and recorded again
+    assert {r["source"].split("/")[0] for r in again} == {FOLDER_A, FOLDER_B}  # not hashed
+
+    code, _, err = _run(capsys, "ingest", export, out, "--size", "64", "--key-file", key)
+    assert code == 2 and "was ingested with other settings: size 40 (now 64)" in err
+    code, _, err = _run(capsys, "ingest", export, out, "--size", "40", "--key-file",
+                        tmp_path / "other.key")
+    assert code == 2 and "key_id" in err
+    code, _, err = _run(capsys, "ingest", tmp_path / "nowhere", out)
+    assert code == 2 and err.strip().endswith("nowhere: folder not found")
+
+
+def test_ingest_dicom_format_with_burned_in_opt_in(export, tmp_path, capsys):
+    out = tmp_path / "dcm"
+    code, stdout, _ = _run(capsys, "ingest", export, out, "--format", "dicom", "--workers", "1",
+                           "--allow-burned-in", "--dates", "remove", "--hash-paths",
+                           "--key-file", tmp_path / "k")
+    assert code == 0 and stdout.startswith("ingest: 5 written, 0 already done, 3 skipped")
+    rows = _csv(out / "manifest.csv")
+    for r in rows:
+        ds = pydicom.dcmread(out / r["output"])
+        assert ds.PatientIdentityRemoved == "YES" and ds.StudyDate == ""
+        assert ds.PatientID == r["patient_id"] and ds.SOPInstanceUID == r["sop_uid"]
+    j2k = next(r for r in rows if r["transfer_syntax"].startswith("JPEG 2000"))
+    original = export / FOLDER_A / "20190314_CHEST_PA" / "IMG0002.dcm"
+    assert pydicom.dcmread(out / j2k["output"]).file_meta.TransferSyntaxUID == \
+        dcm_uid.JPEG2000Lossless  # the compressed pixels are kept as they were
+    assert np.array_equal(read_dicom(out / j2k["output"]).image, read_dicom(original).image)
+    _assert_nothing_identifying(out, _identifiers(export))
+    code, _, err = _run(capsys, "ingest", export, tmp_path / "x", "--format", "dicom",
+                        "--size", "64")
+    assert code == 2 and "--size applies to --format png" in err
+
+
+def test_output_folder_inside_the_source_is_not_ingested(tmp_path, capsys):
+    src = tmp_path / "src"
+    save(make_dataset(rows=16, cols=16), src / "a.dcm")
+    args = ("ingest", src, src / "ingested", "--key-file", tmp_path / "k", "--workers", "1")
+    assert _run(capsys, *args)[0] == 0
+    code, stdout, _ = _run(capsys, *args)
+    assert stdout.startswith("ingest: 0 written, 1 already done, 0 skipped")
+
+
+def test_inspect_prints_one_line_per_file_and_fails_if_any_failed(export, capsys):
+    good = export / FOLDER_A / "20190314_CHEST_PA" / "IMG0002.dcm"
+    bad = export / FOLDER_B / "truncated.dcm"
+    code, stdout, _ = _run(capsys, "inspect", good)
+    assert code == 0
+    assert stdout == (f"{good}: ok DX, PA, 96x72, MONOCHROME1, 12-bit, JPEG 2000 Image "
+                      "Compression (Lossless Only), spacing 0.139\\0.139 mm, window 2048/4096 "
+                      "LINEAR, inverted (MONOCHROME1)\n")
+    code, stdout, _ = _run(capsys, "inspect", good, bad, "--json")
+    records = json.loads(stdout)
+    assert code == 1 and [r["ok"] for r in records] == [True, False]
+    assert records[1]["error"].startswith("truncated file")
+    assert "study_uid" not in records[0] and records[0]["bits_stored"] == 12
+    code, stdout, _ = _run(capsys, "inspect", export / FOLDER_B)
+    lines = stdout.splitlines()
+    assert code == 1 and len(lines) == 4 and all(": ok " in x or ": error: " in x for x in lines)
+    assert f"{export / FOLDER_B / 'report.txt'}: error: not a DICOM file" in stdout
+
+
+@pytest.mark.data
+@pytest.mark.skipif(sources.status("chest_dicom") != "cached",
+                    reason="run `biomed data fetch chest_dicom` first")
+def test_ingest_real_radiographs(tmp_path, capsys):
+    src = tmp_path / "RG1"
+    src.mkdir()
+    for name in ("RG1_UNCI", "RG1_J2KI"):
+        shutil.copy(sources.path("chest_dicom", f"{name}.dcm"), src / f"{name}.dcm")
+    out = tmp_path / "out"
+    code, stdout, _ = _run(capsys, "ingest", src, out, "--size", "256", "--key-file",
+                           tmp_path / "k")
+    assert code == 0 and stdout.startswith("ingest: 2 written")
+    rows = {r["source"]: r for r in _csv(out / "manifest.csv")}
+    imgs = {s: np.asarray(Image.open(out / r["output"])) / 65535 for s, r in rows.items()}
+    unc, j2k = imgs["RG1_UNCI.dcm"], imgs["RG1_J2KI.dcm"]
+    assert unc.shape == j2k.shape == (256, 241)
+    assert np.abs(unc - j2k).mean() < 0.01  # J2K decoded at half resolution, then shrunk
+    assert rows["RG1_UNCI.dcm"]["pixel_spacing"] == ""  # [0,0]: unknown
+    assert unc[70:140, 40:85].mean() + 0.1 < unc[70:170, 112:130].mean()  # lungs darker
+    ref = to_uint16(shrink(read_dicom(sources.path("chest_dicom", "RG1_UNCI.dcm"),
+                                      ReadOptions()).image, 256))
+    assert np.array_equal(np.asarray(Image.open(out / rows["RG1_UNCI.dcm"]["output"])), ref)
+    _assert_nothing_identifying(out, ["CompressedSamples", "9RG1", "19400305", "Hamburg",
+                                      "THORAVISION", "20040826", "19950926",
+                                      "1.3.6.1.4.1.5962.1.2.9.20040826185059.5457"])
