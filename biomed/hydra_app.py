@@ -34,6 +34,9 @@ def hydra_app(config_name: str) -> Callable[[RunFn], Callable[[], Any]]:
             except BiomedError as e:
                 print(f"error: {e}", file=sys.stderr)
                 sys.exit(e.exit_code)
+            except OSError as e:  # the output side: disk full, no permission, a file for a folder
+                print(f"error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
+                sys.exit(1)
 
         main.__doc__ = run.__doc__
         return main

@@ -24,6 +24,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from biomed import sources
+from biomed.errors import InputError
 
 PACKAGES = ("biomed", "torch", "torchvision", "transformers", "diffusers", "accelerate",
             "open_clip_torch", "tokenizers", "safetensors", "pydicom", "hydra-core", "numpy",
@@ -42,8 +43,10 @@ def git_state(repo: Path | None = None) -> dict[str, Any]:
                                 text=True, timeout=10)
         if commit.returncode != 0:
             return {"commit": None, "dirty": None}
-        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain",
-                                "--untracked-files=no"], capture_output=True, text=True, timeout=10)
+        # untracked code or configs change what runs as much as edited ones
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--",
+                                "biomed", "conf", "pyproject.toml"], capture_output=True,
+                               text=True, timeout=10)
         return {"commit": commit.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
     except (OSError, subprocess.TimeoutExpired):
         return {"commit": None, "dirty": None}
@@ -82,6 +85,8 @@ def start_run(cfg: DictConfig, data_files: Iterable[str | Path] = ()) -> Path:
     """Create the run folder and write ``provenance.json`` (and ``.hydra/config.yaml`` if absent)."""
     run_dir = run_dir_of(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
+    # a rerun in the same folder (quickstart, resume): the old final numbers no longer describe it
+    (run_dir / "metrics.json").unlink(missing_ok=True)
     hydra_cfg = run_dir / ".hydra" / "config.yaml"
     if not hydra_cfg.exists():
         hydra_cfg.parent.mkdir(parents=True, exist_ok=True)
@@ -133,12 +138,16 @@ def experiment(cfg: DictConfig, data_files: Iterable[str | Path] = ()) -> Iterat
 
 def find_runs(outputs: str | Path = "outputs") -> list[dict[str, Any]]:
     """Every run folder under ``outputs`` (one holding provenance.json), newest first."""
+    if not Path(outputs).is_dir():
+        raise InputError(outputs, "no such folder of runs")
     rows = []
     for prov_path in Path(outputs).glob("**/provenance.json"):
         run_dir = prov_path.parent
         try:
             prov = json.loads(prov_path.read_text())
         except (OSError, json.JSONDecodeError):
+            continue
+        if not isinstance(prov, dict):
             continue
         metrics_path = run_dir / "metrics.json"
         metrics: dict[str, Any] = {}
@@ -147,6 +156,9 @@ def find_runs(outputs: str | Path = "outputs") -> list[dict[str, Any]]:
                 metrics = json.loads(metrics_path.read_text())
             except json.JSONDecodeError:
                 metrics = {"status": "unreadable metrics.json"}
+        if not isinstance(metrics, dict) or \
+                str(metrics.get("finished", "")) < str(prov.get("started", "")):
+            metrics = {}  # stale numbers of an earlier run in the same folder
         status = metrics.get("status") or "running or killed"
         rows.append({"run_dir": str(run_dir), "command": prov.get("command") or "?",
                      "started": prov.get("started", ""), "status": status,

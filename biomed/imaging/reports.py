@@ -375,8 +375,10 @@ def export_reports(out: str | Path, path: str | Path | None = None) -> int:
     temporary name and renamed, so a bad archive or an interrupted run never leaves a
     partial ``out``.
     """
-    reports = read_reports(path)
     out = Path(out)
+    if out.is_dir():
+        raise InputError(out, "is a folder; give the path of the JSONL file to write")
+    reports = read_reports(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     try:

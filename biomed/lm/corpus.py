@@ -258,8 +258,9 @@ def extract(
     `DeleteCitation` removes records of any earlier file. `out` is replaced atomically. `log`
     receives one progress line per file and the summary line last.
 
-    On bad input (missing file, truncated gzip, malformed XML) the records read so far are still
-    written to `out` (deletions and newer versions seen so far applied) and then the file's
+    On bad input (missing file, truncated gzip, malformed XML) `out` is left as it was (a corpus
+    from an earlier run is never replaced by a partial one); the records read so far are written
+    to `<out>.partial` (deletions and newer versions seen so far applied) and then the file's
     `InputError` is raised.
     """
     paths = [Path(p) for p in paths]
@@ -283,17 +284,23 @@ def extract(
                     break
                 elapsed = time.perf_counter() - start
                 log(_progress(n, len(paths), p, before, sink.stats, elapsed))
-            sink.finish()
+            sink.finish(out if error is None else partial_path(out))
         finally:
             sink.discard()
     except OSError as exc:  # the output side: disk full, no permission
         raise InputError(out, f"cannot write ({exc.strerror or exc})") from exc
     stats = sink.stats
     stats.seconds = time.perf_counter() - start
-    log(("stopped at bad input; kept what was read: " if error else "") + stats.summary())
+    log((f"stopped at bad input; kept what was read in {partial_path(out)}: " if error else "")
+        + stats.summary())
     if error is not None:
         raise error
     return stats
+
+
+def partial_path(out: Path) -> Path:
+    """Where `extract` keeps the records read before bad input stopped it."""
+    return out.with_name(out.name + ".partial")
 
 
 def _progress(n: int, total: int, path: Path, before: ExtractStats, now: ExtractStats,
@@ -339,8 +346,8 @@ class _Sink:
         if superseded >= 0:
             stats.duplicates += 1
 
-    def finish(self) -> None:
-        """Copy the surviving lines to `out` through a temporary file and an atomic rename."""
+    def finish(self, dest: Path) -> None:
+        """Copy the surviving lines to `dest` through a temporary file and an atomic rename."""
         assert self.fh is not None
         self.fh.close()
         self.fh = None
@@ -355,7 +362,7 @@ class _Sink:
                         dst.write(line)
                 dst.flush()
                 os.fsync(dst.fileno())
-            os.replace(tmp, self.out)
+            os.replace(tmp, dest)
         finally:
             tmp.unlink(missing_ok=True)
         self.stats.written = sum(keep)
