@@ -19,12 +19,18 @@ from biomed.errors import BiomedError
 EXPERIMENTS: dict[str, tuple[str, str]] = {
     "quickstart": ("biomed.quickstart",
                    "run every stage that exists, in order, resumable (outputs/quickstart/latest)"),
+    "train-lm": ("biomed.lm.train", "train a GPT-2 on PubMed (tokenizer, token files, model/)"),
+    "evaluate-lm": ("biomed.lm.evaluate",
+                    "validation perplexity and multiple-choice accuracy of a causal LM"),
+    "generate-text": ("biomed.lm.generate", "sample text from a causal LM (samples.jsonl)"),
 }
 
 # name -> (module:function taking argv, one line of help)
 TOOLS: dict[str, tuple[str, str]] = {
     "data": ("biomed.cli:data_main",
              "fetch, list and export the embedded real data (PubMed, IU reports, DICOM, ...)"),
+    "dicom": ("biomed.imaging.ingest:dicom_main",
+              "inspect DICOM files; de-identify and ingest a DICOM folder"),
     "pubmed": ("biomed.lm.corpus:pubmed_main",
                "extract PubMed baseline/update XML into a JSONL corpus"),
     "runs": ("biomed.cli:runs_main", "list runs under outputs/ with status and key metrics"),
@@ -71,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as e:  # output side: a folder where a file should be, no permission, disk full
+        print(f"error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
+        return 1
     print(f"biomed: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
     return 2
 

@@ -57,7 +57,7 @@ class TrainerConfig:
     """What ``conf/trainer/*.yaml`` holds (see those files for the meaning of each field)."""
 
     accelerator: str = "cpu"  # cpu | cuda
-    mixed_precision: str = "no"  # no | bf16 | fp16
+    mixed_precision: str = "no"  # no | bf16 | fp16 | auto (bf16 where measured faster)
     distributed: str = "none"  # none | ddp | fsdp (the process count comes from accelerate launch)
     threads: int | None = None  # CPU threads per process; None: all cores / processes per node
     num_workers: int = 0  # DataLoader workers (0 on CPU: a worker competes for the same cores)
@@ -65,6 +65,9 @@ class TrainerConfig:
     batch_size: int = 8  # per process, per micro-batch
     grad_accum: int = 1  # micro-batches per optimizer step
     clip_grad_norm: float | None = 1.0
+    max_time_s: float | None = None  # wall-clock budget of the training steps; None: steps only
+    compile: bool = False  # torch.compile the prepared model (in place: state-dict keys unchanged)
+    fused_optimizer: bool = False  # pass fused=True to optimizers that accept it (AdamW, Adam)
     eval_every: int = 0  # steps; 0: only at the end
     checkpoint_every: int = 0  # steps; 0: none
     keep_checkpoints: int = 2  # most recent checkpoints kept
@@ -97,13 +100,23 @@ class ScheduleConfig:
     min_lr_ratio: float = 0.1  # final LR as a fraction of the peak
 
 
-def lr_multiplier(step: int, total: int, sched: ScheduleConfig) -> float:
-    """LR factor for optimizer step ``step`` (0-based): warmup from 1/warmup, then decay."""
+def lr_multiplier(step: int, total: int, sched: ScheduleConfig,
+                  time_progress: float | None = None) -> float:
+    """LR factor for optimizer step ``step`` (0-based): warmup from 1/warmup, then decay.
+
+    ``time_progress`` (elapsed / budget, under ``trainer.max_time_s``) moves the decay along
+    with the clock when it is ahead of the step count, so a time-limited run still ends at
+    the floor.
+    """
     if sched.warmup_steps > 0 and step < sched.warmup_steps:
         return (step + 1) / sched.warmup_steps
-    if sched.decay == "constant" or total <= sched.warmup_steps:
+    if sched.decay == "constant":
+        return 1.0
+    if total <= sched.warmup_steps and time_progress is None:
         return 1.0
     progress = min(1.0, (step - sched.warmup_steps) / max(1, total - sched.warmup_steps))
+    if time_progress is not None:
+        progress = max(progress, min(1.0, time_progress))
     floor = sched.min_lr_ratio
     if sched.decay == "cosine":
         return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
@@ -112,12 +125,16 @@ def lr_multiplier(step: int, total: int, sched: ScheduleConfig) -> float:
     raise ConfigError(f"optim.schedule.decay: unknown schedule {sched.decay!r}")
 
 
-def build_optimizer(optim_cfg: DictConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+def build_optimizer(optim_cfg: DictConfig, model: torch.nn.Module,
+                    fused: bool = False) -> torch.optim.Optimizer:
     """Build the optimizer from ``conf/optim/*.yaml`` with decoupled weight decay groups.
 
     Weight decay applies to matrices of linear/conv layers only, not to biases, norms or
-    embeddings (as in GPT-2/nanoGPT and most transformer recipes).
+    embeddings (as in GPT-2/nanoGPT and most transformer recipes). ``fused`` asks optimizers
+    that take a ``fused`` argument (torch's AdamW/Adam, on CPU and CUDA) for their fused kernel.
     """
+    import inspect
+
     from hydra.utils import instantiate
 
     decay, no_decay = [], []
@@ -128,7 +145,11 @@ def build_optimizer(optim_cfg: DictConfig, model: torch.nn.Module) -> torch.opti
     groups = [{"params": decay, "weight_decay": float(optim_cfg.weight_decay)},
               {"params": no_decay, "weight_decay": 0.0}]
     factory = instantiate(optim_cfg.optimizer)  # `_partial_: true`: the class with its settings
-    return factory([g for g in groups if g["params"]])
+    extra = {}
+    if fused and "fused" in inspect.signature(factory.func).parameters \
+            and factory.keywords.get("fused") is None:
+        extra["fused"] = True
+    return factory([g for g in groups if g["params"]], **extra)
 
 
 def _no_decay_param_ids(model: torch.nn.Module) -> set[int]:
@@ -190,6 +211,7 @@ class TrainState:
     batches_in_epoch: int = 0  # micro-batches consumed in the current epoch (this process)
     seed: int = 0
     world_size: int = 1
+    train_seconds: float = 0.0  # time spent in training steps (what trainer.max_time_s limits)
 
 
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
@@ -252,19 +274,22 @@ class Engine:
         self.cfg = trainer if isinstance(trainer, TrainerConfig) else TrainerConfig.from_cfg(trainer)
         self.run_dir = Path(run_dir)
         self.seed = seed
-        kwargs: dict[str, Any] = {"mixed_precision": self.cfg.mixed_precision,
+        if self.cfg.accelerator == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("trainer.accelerator=cuda but no CUDA device is visible; "
+                              "use trainer=cpu")
+        if self.cfg.accelerator == "cpu":  # before the probe below times anything
+            local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+            torch.set_num_threads(self.cfg.threads or max(1, (os.cpu_count() or 1) // local))
+        self.precision = self.cfg.mixed_precision
+        if self.precision == "auto":
+            self.precision = auto_precision(self.cfg.accelerator)
+        kwargs: dict[str, Any] = {"mixed_precision": self.precision,
                                   "cpu": self.cfg.accelerator == "cpu"}
         if self.cfg.distributed == "fsdp":
             from accelerate import FullyShardedDataParallelPlugin
             kwargs["fsdp_plugin"] = FullyShardedDataParallelPlugin(**self.cfg.fsdp)
-        if self.cfg.accelerator == "cuda" and not torch.cuda.is_available():
-            raise ConfigError("trainer.accelerator=cuda but no CUDA device is visible; "
-                              "use trainer=cpu")
         _reset_accelerate_state()
         self.accelerator = Accelerator(**kwargs)
-        if self.accelerator.device.type == "cpu":
-            local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-            torch.set_num_threads(self.cfg.threads or max(1, (os.cpu_count() or 1) // local))
         set_seed(seed)
         self.is_main = self.accelerator.is_main_process
         if self.is_main:
@@ -283,18 +308,34 @@ class Engine:
         collate_fn: Callable | None = None,
         shuffle: bool = True,
         callbacks: Sequence[Any] = (),
+        tokens_per_sample: int | None = None,
     ) -> TrainResult:
-        """Train ``model`` for ``trainer.max_steps`` optimizer steps; returns the final metrics.
+        """Train ``model`` for ``trainer.max_steps`` optimizer steps (or until
+        ``trainer.max_time_s`` seconds of training steps); returns the final metrics.
 
         ``callbacks`` are objects with an ``on_step_end(engine, model, step)`` method, called
-        after each optimizer step (e.g. an optimizer's periodic Hessian estimate).
+        after each optimizer step (e.g. an optimizer's periodic Hessian estimate), and optionally
+        ``on_train_begin(engine, model)``, called once before the first step of this process
+        run. From ``fit`` on, the engine exposes ``self.model`` and ``self.optimizer`` (as
+        prepared: wrapped for DDP/FSDP, autocast, compiled) and ``self.state`` (step, epoch,
+        ``train_seconds``). Callback time counts as training time.
+        ``tokens_per_sample`` adds ``tokens_per_s`` to the log rows.
         """
         cfg, acc = self.cfg, self.accelerator
-        optimizer = build_optimizer(optim, model)
+        optimizer = build_optimizer(optim, model, fused=cfg.fused_optimizer)
         sched_cfg = ScheduleConfig(**OmegaConf.to_container(optim.schedule, resolve=True))
+        state = TrainState(seed=self.seed, world_size=acc.num_processes)
+        self.state = state
+
+        def time_progress() -> float | None:
+            return self.state.train_seconds / cfg.max_time_s if cfg.max_time_s else None
+
         scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s: lr_multiplier(s, cfg.max_steps, sched_cfg))
+            optimizer, lambda s: lr_multiplier(s, cfg.max_steps, sched_cfg, time_progress()))
         model, optimizer = acc.prepare(model, optimizer)
+        if cfg.compile:
+            model.compile()  # in place: checkpoints and unwrap see the same module and keys
+        self.model, self.optimizer = model, optimizer
 
         sampler = EpochSampler(len(train_data), seed=self.seed, shuffle=shuffle,
                                rank=acc.process_index, world_size=acc.num_processes)
@@ -308,10 +349,10 @@ class Engine:
                             # the global RNG, or a resumed run's dropout masks would shift
                             generator=torch.Generator().manual_seed(self.seed))
 
-        state = TrainState(seed=self.seed, world_size=acc.num_processes)
         ckpt = self._resolve_resume()
         if ckpt is not None:
             state = self._load_checkpoint(ckpt, model, optimizer, scheduler)
+            self.state = state
         logger = _MetricsLog(self.run_dir, enabled=self.is_main, tensorboard=cfg.tensorboard,
                              truncate_after=state.step)
         batches = self._batches(loader, sampler, state)
@@ -320,17 +361,29 @@ class Engine:
         bar = _progress(cfg.max_steps, state.step, enabled=self.is_main and cfg.progress)
         model.train()
         try:
-            while state.step < cfg.max_steps:
+            t0 = time.perf_counter()
+            for cb in callbacks:
+                if hasattr(cb, "on_train_begin"):
+                    cb.on_train_begin(self, model)
+            state.train_seconds += time.perf_counter() - t0
+            while state.step < cfg.max_steps and not self._out_of_time(state):
                 t0 = time.perf_counter()
                 loss, extras, grad_norm = self._optimizer_step(model, optimizer, batches, loss_fn)
-                scheduler.step()
                 state.step += 1
                 losses.append(loss)
                 for cb in callbacks:
                     if hasattr(cb, "on_step_end"):
                         cb.on_step_end(self, model, state.step)
+                step_time = time.perf_counter() - t0
+                state.train_seconds += step_time
+                if cfg.max_time_s:  # every process must stop at the same step
+                    state.train_seconds = _agreed_seconds(acc, state.train_seconds)
+                scheduler.step()  # after the clock moved: a time budget's decay sees it
                 row = {"step": state.step, "loss": loss, "lr": scheduler.get_last_lr()[0],
-                       "step_time_s": time.perf_counter() - t0, **extras}
+                       "step_time_s": step_time, "time_s": state.train_seconds, **extras}
+                if tokens_per_sample:
+                    row["tokens_per_s"] = (tokens_per_sample * cfg.batch_size * cfg.grad_accum
+                                           * acc.num_processes / step_time)
                 if grad_norm is not None:
                     row["grad_norm"] = grad_norm
                 if not math.isfinite(loss):
@@ -339,11 +392,11 @@ class Engine:
                     logger.log(row)
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4g}", lr=f"{row['lr']:.3g}", refresh=False)
-                last = state.step == cfg.max_steps
+                last = state.step == cfg.max_steps or self._out_of_time(state)
                 if eval_fn is not None and (last or (cfg.eval_every and
                                                      state.step % cfg.eval_every == 0)):
                     metrics = self.evaluate(model, eval_fn)
-                    logger.log({"step": state.step, **metrics})
+                    logger.log({"step": state.step, "time_s": state.train_seconds, **metrics})
                 if cfg.checkpoint_every and (state.step % cfg.checkpoint_every == 0 or last):
                     self._save_checkpoint(state, model, optimizer, scheduler)
         finally:
@@ -352,6 +405,9 @@ class Engine:
         if losses:
             metrics = {"train_loss": losses[-1], **metrics}
         return TrainResult(step=state.step, metrics=metrics, losses=losses)
+
+    def _out_of_time(self, state: TrainState) -> bool:
+        return bool(self.cfg.max_time_s) and state.train_seconds >= self.cfg.max_time_s
 
     def evaluate(self, model: torch.nn.Module, eval_fn: EvalFn) -> dict[str, float]:
         model.eval()
@@ -473,6 +529,37 @@ class Engine:
         if self.is_main:
             print(f"resumed from {path} at step {state.step}")
         return state
+
+
+def _agreed_seconds(acc, seconds: float) -> float:
+    """The training clock, the same on every process (the slowest one's)."""
+    if acc.num_processes == 1:
+        return seconds
+    return float(acc.gather(torch.tensor([seconds], device=acc.device)).max())
+
+
+def auto_precision(accelerator: str) -> str:
+    """``bf16`` where bf16 autocast is faster than fp32, else ``no``.
+
+    CUDA: bf16 where the device supports it. CPU: measured, since it depends on the chip: with
+    AMX or AVX512-BF16 bf16 matrix products run several times faster than fp32, while on
+    AVX2-only CPUs they are emulated and run several times slower. The probe times a linear
+    layer of transformer-like shape (2048 x 256 -> 1024) both ways (~0.1 s).
+    """
+    if accelerator == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "no"
+    x, w = torch.randn(2048, 256), torch.randn(1024, 256)
+
+    def best(autocast: bool) -> float:
+        times = []
+        for _ in range(4):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                t0 = time.perf_counter()
+                torch.nn.functional.linear(x, w)
+                times.append(time.perf_counter() - t0)
+        return min(times[1:])  # the first call pays one-off setup
+
+    return "bf16" if best(True) < best(False) else "no"
 
 
 def _reset_accelerate_state() -> None:

@@ -47,11 +47,47 @@ def _reports(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     return {"iu_reports": n}
 
 
+def _lm(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """Train the tiny LM on the corpus stage's output, then reload, evaluate and sample it."""
+    from omegaconf import OmegaConf
+
+    from biomed.lm.evaluate import load_for_inference, validation_metrics
+    from biomed.lm.generate import generate, write_samples
+    from biomed.lm.train import train_lm
+
+    stage = cfg.lm_stage
+    corpus = run_dir / "corpus" / "pubmed.jsonl"
+    if not corpus.is_file():
+        raise ConfigError(f"{corpus}: missing; the lm stage needs the corpus stage before it")
+    out = run_dir / "lm"
+    train_cfg = OmegaConf.create(OmegaConf.to_container(stage, resolve=True))
+    train_cfg.seed, train_cfg.corpus = cfg.seed, str(corpus)
+    trained = train_lm(train_cfg, out)
+    runs.write_json(out / "metrics.json", trained)
+    model, tokenizer, folder = load_for_inference(out / "model")  # what a user would load
+    train_cfg.batch_size, train_cfg.val_max_tokens = stage.eval.batch_size, \
+        stage.eval.final_max_tokens
+    val = validation_metrics(model, tokenizer, train_cfg, next(model.parameters()).device)
+    samples = generate(model, tokenizer, list(stage.prompts),
+                       max_new_tokens=int(stage.max_new_tokens),
+                       temperature=float(stage.temperature), top_p=float(stage.top_p),
+                       seed=int(cfg.seed))
+    write_samples(out / "samples.jsonl", samples, {"model": str(folder), "seed": int(cfg.seed)})
+    print(f"lm sample: {samples[0]['prompt']}{samples[0]['text']}")
+    return {"lm_val_ppl": trained["val_ppl"], "lm_unigram_ppl": trained["unigram_ppl"],
+            "lm_ppl_ratio": trained["ppl_ratio"], "lm_val_ppl_reloaded_fp32": val["val_ppl"],
+            "lm_steps": trained["steps"], "lm_train_seconds": round(trained["train_seconds"], 1),
+            "lm_tokens_per_s": round(trained["tokens_per_s"] or 0.0, 1),
+            "lm_params": trained["params"], "lm_model_dir": str(folder)}
+
+
 STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("corpus", "PubMed XML -> corpus/pubmed.jsonl", ("corpus/pubmed.jsonl",), _corpus,
           lambda cfg: list(cfg.pubmed.files)),
     Stage("reports", "IU chest X-ray reports -> reports/reports.jsonl",
           ("reports/reports.jsonl",), _reports, lambda cfg: [cfg.reports.file]),
+    Stage("lm", "train the tiny PubMed LM, evaluate it, sample it -> lm/model/",
+          ("lm/model/model.safetensors", "lm/samples.jsonl"), _lm, lambda cfg: []),
 )}
 
 
@@ -77,7 +113,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             out[f"{stage.name}_seconds"] = round(time.perf_counter() - t0, 2)
             runs.write_json(record, out)
             metrics.update(out)
-        metrics["key_metrics"] = [k for k in ("pubmed_abstracts", "iu_reports") if k in metrics]
+        metrics["key_metrics"] = [k for k in ("pubmed_abstracts", "iu_reports", "lm_val_ppl",
+                                              "lm_ppl_ratio") if k in metrics]
         runs.finish_run(run_dir, metrics)
     print(f"quickstart: {len(stages)} stage(s) done in {run_dir}")
     return metrics

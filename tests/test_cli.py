@@ -26,7 +26,10 @@ def biomed(*args, cwd=None, env=None):
 def test_help_lists_every_command_once(capsys):
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
-    for name in [*EXPERIMENTS, *TOOLS]:
+    shipped = {"quickstart", "train-lm", "evaluate-lm", "generate-text", "data", "pubmed",
+               "dicom", "runs"}  # DESIGN's command table, as far as built
+    assert shipped <= set(EXPERIMENTS) | set(TOOLS)
+    for name in shipped | set(EXPERIMENTS) | set(TOOLS):
         assert sum(line.split()[:1] == [name] for line in out.splitlines()) == 1, name
 
 
@@ -55,13 +58,26 @@ def test_runs_table_newest_first(tmp_path):
         d = tmp_path / cmd / f"2026-01-0{i + 1}_00-00-00"
         runs.write_json(d / "provenance.json", {"command": cmd, "started": f"2026-01-0{i + 1}"})
         if status:
-            runs.write_json(d / "metrics.json", {"status": status, "val_ppl": 12.5, "steps": 7})
+            runs.write_json(d / "metrics.json", {"status": status, "val_ppl": 12.5, "steps": 7,
+                                                 "finished": f"2026-01-0{i + 1}T01:00:00"})
+    stale = tmp_path / "quickstart" / "2026-01-02_00-00-00" / "metrics.json"
+    runs.write_json(stale, {"status": "completed", "finished": "2026-01-01T23:00:00"})
     rows = runs.find_runs(tmp_path)
     assert [r["command"] for r in rows] == ["quickstart", "train-lm"]
     assert rows[0]["status"] == "running or killed"
     assert rows[1]["metrics"] == {"val_ppl": 12.5, "steps": 7}
     text = runs.format_runs(rows)
     assert "val_ppl=12.5" in text and text.index("quickstart") < text.index("train-lm")
+
+
+def test_runs_on_a_missing_folder_is_an_error(tmp_path):
+    proc = biomed("runs", str(tmp_path / "nope"))
+    assert proc.returncode == 2 and "nope: no such folder of runs" in proc.stderr
+
+
+def test_output_side_errors_are_one_line(tmp_path):
+    proc = biomed("data", "reports", "--out", str(tmp_path))
+    assert proc.returncode == 2 and "is a folder" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_run_stamp_is_shared_by_processes_of_one_launch():

@@ -1,0 +1,78 @@
+"""The model module: GPT-2 from the lm presets, parameter and FLOP counts, model folders."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from biomed.errors import ConfigError, InputError
+from biomed.lm import model as lm_model
+from biomed.lm.train import make_model
+
+
+class Tok:
+    """The tokenizer attributes the model config reads."""
+
+    bos_token_id = eos_token_id = 0
+    pad_token_id = 1
+
+    def __init__(self, n=300):
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+
+LM = {"context": 16, "n_layer": 2, "n_embd": 32, "n_head": 4}
+
+
+def test_gpt2_with_sdpa_tied_embeddings_and_special_ids():
+    m = lm_model.build_model(OmegaConf.create(LM), Tok())
+    assert type(m).__name__ == "GPT2LMHeadModel" and m.config._attn_implementation == "sdpa"
+    assert m.get_output_embeddings().weight is m.get_input_embeddings().weight
+    assert (m.config.vocab_size, m.config.n_positions, m.config.pad_token_id) == (300, 16, 1)
+    with pytest.raises(ConfigError, match="multiple of n_head"):
+        lm_model.gpt2_config({**LM, "n_head": 5}, Tok())
+
+
+def test_parameter_and_flop_counts_follow_the_formulas():
+    m = lm_model.build_model(OmegaConf.create(LM), Tok())
+    d, n_layer, vocab, ctx = 32, 2, 300, 16
+    per_layer = 12 * d * d + 13 * d  # attention and MLP matrices, biases, two LayerNorms
+    counts = lm_model.count_parameters(m)
+    assert counts["non_embedding"] == n_layer * per_layer + 2 * d  # + the final LayerNorm
+    assert counts["total"] == counts["non_embedding"] + vocab * d + ctx * d
+    assert lm_model.flops_per_token(m, ctx) == 6 * (counts["non_embedding"] + vocab * d) \
+        + 6 * n_layer * ctx * d
+
+
+def test_vocabulary_padding_for_tensor_cores():
+    lm = OmegaConf.create({**LM, "pad_vocab_multiple": 64, "tokenizer": {"vocab_size": 300}})
+    assert make_model(lm, Tok()).config.vocab_size == 320
+    assert make_model(OmegaConf.create(LM), Tok()).config.vocab_size == 300
+
+
+def test_model_dir_from_run_folder_or_model_folder(tmp_path):
+    from tests.lm_helpers import random_model_dir
+
+    folder = random_model_dir(tmp_path, context=16)
+    assert lm_model.resolve_model_dir(tmp_path) == folder == lm_model.resolve_model_dir(folder)
+    with pytest.raises(InputError, match="not a model folder"):
+        lm_model.resolve_model_dir(tmp_path / "corpus.jsonl")
+    loaded = lm_model.load_pretrained(folder)
+    assert lm_model.context_length(loaded) == 16 and lm_model.context_length(loaded, 8) == 8
+    assert next(loaded.parameters()).dtype == torch.float32
+
+
+def test_model_card_states_data_terms_and_intended_use():
+    card = lm_model.model_card(
+        name="tiny", params={"total": 10, "non_embedding": 4},
+        config={"n_layer": 2, "n_embd": 8, "n_head": 2, "n_positions": 16, "vocab_size": 300},
+        data={"docs": 5, "train_tokens": 100, "val_tokens": 10, "files": [
+            {"path": "/c/pubmed20n0014.xml.gz", "sha256": "ab12"}]},
+        training={"steps": 3, "tokens": 96, "seconds": 1.0}, metrics={"val_ppl": 12.5})
+    assert card.startswith("---\nlicense: other")
+    for text in ("pubmed20n0014.xml.gz", "ab12", "Courtesy of the U.S. National Library of "
+                 "Medicine", "Research only", "Not for clinical use", "| val_ppl | 12.5 |"):
+        assert text in card
