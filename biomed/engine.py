@@ -39,7 +39,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from biomed.errors import ConfigError
+from biomed.errors import ConfigError, TrainingDiverged
 
 LossOutput = torch.Tensor | tuple[torch.Tensor, dict[str, float]]
 LossFn = Callable[[torch.nn.Module, Any], LossOutput]
@@ -211,6 +211,8 @@ class TrainState:
     batches_in_epoch: int = 0  # micro-batches consumed in the current epoch (this process)
     seed: int = 0
     world_size: int = 1
+    batch_size: int = 0  # per process and micro-batch (with seed and world size: the data order)
+    grad_accum: int = 1
     train_seconds: float = 0.0  # time spent in training steps (what trainer.max_time_s limits)
 
 
@@ -324,7 +326,8 @@ class Engine:
         cfg, acc = self.cfg, self.accelerator
         optimizer = build_optimizer(optim, model, fused=cfg.fused_optimizer)
         sched_cfg = ScheduleConfig(**OmegaConf.to_container(optim.schedule, resolve=True))
-        state = TrainState(seed=self.seed, world_size=acc.num_processes)
+        state = TrainState(seed=self.seed, world_size=acc.num_processes,
+                           batch_size=cfg.batch_size, grad_accum=cfg.grad_accum)
         self.state = state
 
         def time_progress() -> float | None:
@@ -386,8 +389,6 @@ class Engine:
                                            * acc.num_processes / step_time)
                 if grad_norm is not None:
                     row["grad_norm"] = grad_norm
-                if not math.isfinite(loss):
-                    raise FloatingPointError(f"training loss is {loss} at step {state.step}")
                 if cfg.log_every and state.step % cfg.log_every == 0:
                     logger.log(row)
                 bar.update(1)
@@ -448,14 +449,17 @@ class Engine:
             total += float(loss.detach()) / k
             for name, v in more.items():
                 extras[name] = extras.get(name, 0.0) + float(v) / k
+        if acc.num_processes > 1:  # the mean loss over processes: every rank sees the same value
+            t = torch.tensor([total], device=acc.device)
+            total = float(acc.reduce(t, reduction="mean"))
+        if not math.isfinite(total):  # stop before a NaN/inf update reaches the weights
+            raise TrainingDiverged(f"training loss is {total} at step {self.state.step + 1}; "
+                                   f"lower the learning rate or check the data")
         grad_norm = None
         if self.cfg.clip_grad_norm:
             grad_norm = float(acc.clip_grad_norm_(model.parameters(), self.cfg.clip_grad_norm))
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if acc.num_processes > 1:  # report the mean loss over processes
-            t = torch.tensor([total], device=acc.device)
-            total = float(acc.reduce(t, reduction="mean"))
         return total, extras, grad_norm
 
     # -- checkpoints ----------------------------------------------------------------------------
@@ -511,9 +515,13 @@ class Engine:
 
         acc = self.accelerator
         state = TrainState(**json.loads((path / "trainer_state.json").read_text()))
-        if state.world_size != acc.num_processes:
-            raise ConfigError(f"{path}: saved with {state.world_size} processes, resuming with "
-                              f"{acc.num_processes}; the data order would not match")
+        now = {"world_size": acc.num_processes, "seed": self.seed,
+               "batch_size": self.cfg.batch_size, "grad_accum": self.cfg.grad_accum}
+        changed = [f"{k} {getattr(state, k)} -> {v}" for k, v in now.items()
+                   if getattr(state, k) != v]
+        if changed:
+            raise ConfigError(f"{path}: cannot resume with a different {', '.join(changed)}; "
+                              f"the data order would not continue where the run stopped")
         if (path / "accelerate").is_dir():
             acc.load_state(str(path / "accelerate"))
         else:

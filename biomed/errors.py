@@ -36,3 +36,7 @@ class InputError(BiomedError):
 
 class ConfigError(BiomedError):
     """A configuration value is invalid or inconsistent."""
+
+
+class TrainingDiverged(BiomedError):
+    """The training loss became NaN or infinite; the update was not applied."""

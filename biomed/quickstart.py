@@ -1,13 +1,16 @@
 """`biomed quickstart`: every stage of the workbench in order, on the embedded data, resumable.
 
 The run folder is fixed (``outputs/quickstart/latest/``). Each stage writes its outputs, then
-``stages/<name>.json`` with its numbers; a rerun skips stages whose record and outputs exist, so
-an interrupted quickstart continues where it stopped. Later parts of the workbench add stages
+``stages/<name>.json`` with its numbers and a hash of its inputs (its config parts, its data
+files' sizes and times); a rerun skips stages whose record and outputs exist and whose inputs are
+unchanged, so an interrupted quickstart continues where it stopped, and a changed setting reruns
+that stage and every stage after it. Later parts of the workbench add stages
 (train the tiny LM, render phantoms, train the classifier, ...) to ``STAGES``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -29,6 +32,21 @@ class Stage:
     outputs: tuple[str, ...]  # paths relative to the run folder
     fn: Callable[[DictConfig, Path], dict[str, Any]]
     data_files: Callable[[DictConfig], list[str]]
+    config_keys: tuple[str, ...]  # the parts of the config the stage's result depends on
+
+    def fingerprint(self, cfg: DictConfig) -> str:
+        """Hash of the stage's inputs: its config parts and its data files (size, mtime)."""
+        from omegaconf import OmegaConf
+
+        parts = {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k])
+                 else cfg[k] for k in self.config_keys}
+        files = []
+        for f in self.data_files(cfg):
+            p = Path(f)
+            st = p.stat() if p.exists() else None
+            files.append([str(p), st.st_size if st else None, st.st_mtime_ns if st else None])
+        blob = json.dumps({"config": parts, "files": files}, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()
 
 
 def _corpus(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
@@ -83,11 +101,12 @@ def _lm(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
 STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("corpus", "PubMed XML -> corpus/pubmed.jsonl", ("corpus/pubmed.jsonl",), _corpus,
-          lambda cfg: list(cfg.pubmed.files)),
+          lambda cfg: list(cfg.pubmed.files), ("pubmed",)),
     Stage("reports", "IU chest X-ray reports -> reports/reports.jsonl",
-          ("reports/reports.jsonl",), _reports, lambda cfg: [cfg.reports.file]),
+          ("reports/reports.jsonl",), _reports, lambda cfg: [cfg.reports.file], ("reports",)),
     Stage("lm", "train the tiny PubMed LM, evaluate it, sample it -> lm/model/",
-          ("lm/model/model.safetensors", "lm/samples.jsonl"), _lm, lambda cfg: []),
+          ("lm/model/model.safetensors", "lm/samples.jsonl"), _lm, lambda cfg: [],
+          ("lm_stage", "seed")),
 )}
 
 
@@ -99,20 +118,26 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     stages = [STAGES[s] for s in cfg.stages]
     data_files = [f for s in stages for f in s.data_files(cfg)]
     metrics: dict[str, Any] = {}
+    upstream_changed = False  # a stage that reruns invalidates the stages after it (as make does)
     with runs.experiment(cfg, data_files) as run_dir:
         for i, stage in enumerate(stages, 1):
             record = run_dir / "stages" / f"{stage.name}.json"
-            done = record.exists() and all((run_dir / o).exists() for o in stage.outputs)
-            if done and not cfg.force:
-                print(f"[{i}/{len(stages)}] {stage.name}: done earlier, skipped ({record})")
-                metrics.update(json.loads(record.read_text()))
-                continue
+            inputs = stage.fingerprint(cfg)
+            previous = json.loads(record.read_text()) if record.exists() else None
+            outputs_there = all((run_dir / o).exists() for o in stage.outputs)
+            if previous and outputs_there and not cfg.force and not upstream_changed:
+                if previous.get("inputs") == inputs:
+                    print(f"[{i}/{len(stages)}] {stage.name}: done earlier, skipped ({record})")
+                    metrics.update({k: v for k, v in previous.items() if k != "inputs"})
+                    continue
+                print(f"[{i}/{len(stages)}] {stage.name}: its config or data changed, rerunning")
             print(f"[{i}/{len(stages)}] {stage.name}: {stage.description}")
             t0 = time.perf_counter()
             out = stage.fn(cfg, run_dir)
             out[f"{stage.name}_seconds"] = round(time.perf_counter() - t0, 2)
-            runs.write_json(record, out)
+            runs.write_json(record, {**out, "inputs": inputs})
             metrics.update(out)
+            upstream_changed = True
         metrics["key_metrics"] = [k for k in ("pubmed_abstracts", "iu_reports", "lm_val_ppl",
                                               "lm_ppl_ratio") if k in metrics]
         runs.finish_run(run_dir, metrics)

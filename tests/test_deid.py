@@ -16,12 +16,14 @@ from biomed import sources
 from biomed.errors import InputError
 from biomed.imaging import dicom
 from biomed.imaging.deid import (
+    FREE_TEXT_ACTIONS,
     BurnedInAnnotation,
     DeidConfig,
     Deidentifier,
+    code_meaning,
     load_or_create_key,
 )
-from tests.test_dicom import STUDY_DATE, identifying_values, make_dataset, save
+from tests.test_dicom import STUDY_DATE, free_text, identifying_values, make_dataset, save
 
 KEY = bytes(range(32))
 
@@ -56,7 +58,7 @@ def test_no_identifying_value_survives_and_private_tags_are_dropped(tmp_path):
     assert not any(e.tag.is_private for e in out.iterall())
     for kw in ("RequestAttributesSequence", "SourceImageSequence", "ImageComments",
                "StudyDescription", "InstitutionName", "OtherPatientIDs", "PatientAddress",
-               "OperatorsName", "DeviceSerialNumber", "InstanceCreationDate"):
+               "OperatorsName", "DeviceSerialNumber", "InstanceCreationDate", *free_text()):
         assert kw not in out, kw
     # the bytes written to disk too
     with open(save(out, tmp_path / "d.dcm"), "rb") as f:
@@ -64,6 +66,86 @@ def test_no_identifying_value_survives_and_private_tags_are_dropped(tmp_path):
     for value in [*identifying_values(), *original_uids]:
         assert value.encode() not in raw, value
     assert ds.PatientName == "HOLLOWAY^MARGARET^ROSALIND"  # the input is untouched
+
+
+def test_code_meaning_is_rebuilt_from_the_code_never_copied(tmp_path):
+    """Code Meaning is free text ("PA DOE^JOHN"): the kept coded items get theirs from the code."""
+    ds = make_dataset()
+    out = Deidentifier(KEY).deidentify(ds)
+    view, region = out.ViewCodeSequence[0], out.AnatomicRegionSequence[0]
+    assert (view.CodeValue, view.CodingSchemeDesignator, view.CodeMeaning) == (
+        "R-10214", "SRT", "postero-anterior")
+    assert (region.CodeValue, region.CodingSchemeDesignator, region.CodeMeaning) == (
+        "T-D3000", "SRT", "Chest")
+    # standard codes outside the table keep their code value as meaning; local schemes and
+    # code values that are not codes are dropped; Coding Scheme Version is never copied
+    items = []
+    for scheme, value in (("SCT", "272479007"), ("SCT", "399348003"), ("SCT", "123456789"),
+                          ("99BARTS", "HOLLOWAY"), ("SRT", "DOE^JOHN"), ("SCT", "PA DOE")):
+        item = Dataset()
+        item.CodeValue, item.CodingSchemeDesignator = value, scheme
+        item.CodeMeaning, item.CodingSchemeVersion = "PA DOE^JOHN", "DOE"
+        items.append(item)
+    ds.ViewCodeSequence = items
+    out = Deidentifier(KEY).deidentify(ds)
+    assert [(i.CodeValue, i.CodeMeaning) for i in out.ViewCodeSequence] == [
+        ("272479007", "postero-anterior"), ("399348003", "antero-posterior"),
+        ("123456789", "123456789")]
+    assert all("CodingSchemeVersion" not in i for i in out.ViewCodeSequence)
+    with open(save(out, tmp_path / "o.dcm"), "rb") as f:
+        raw = f.read()
+    for value in (b"DOE", b"HOLLOWAY", b"99BARTS"):
+        assert value not in raw, value
+
+
+def test_code_meanings_agree_with_the_dicom_code_dictionary():
+    """The table's meanings are PS3.16's, as pydicom's SR code dictionary (built from it) has."""
+    from biomed.imaging.deid import _CODE_MEANINGS
+
+    concepts = pytest.importorskip("pydicom.sr._concepts_dict").concepts  # private: may move
+    mapping = pytest.importorskip("pydicom.sr._snomed_dict").mapping
+
+    meanings: dict[str, set[str]] = {}
+    for entry in concepts["SCT"].values():
+        for code, (meaning, _cids) in entry.items():
+            meanings.setdefault(code, set()).add(meaning.lower())
+    # PS3.16's older Code Meaning, which pydicom (newer SNOMED CT names) no longer carries
+    legacy = {("SCT", "51185008"), ("SRT", "T-D3000"), ("SRT", "R-10214")}
+    for (scheme, value), meaning in _CODE_MEANINGS.items():
+        sct = value if scheme == "SCT" else mapping["SRT"].get(value)
+        if (scheme, value) in legacy:
+            continue
+        assert meaning.lower() in meanings[sct], (scheme, value, meaning)
+    assert code_meaning("SNM3", "R-10214") == "postero-anterior"
+
+
+def test_free_text_is_removed_and_lut_types_keep_defined_terms_only(tmp_path):
+    """PS3.15 Table E.1-1 removes descriptions and comments (X); explanations of windows and
+    LUTs are free text too. LUT items keep the LUT; Rescale / Modality LUT Type a defined term."""
+    ds = make_dataset()
+    for kw in FREE_TEXT_ACTIONS:
+        setattr(ds, kw, "HOLLOWAY")  # at most 8 characters: fits every text VR
+    ds.RescaleType = "DR JONES"
+    modality_lut, voi_lut = Dataset(), Dataset()
+    for item, data in ((modality_lut, [0, 10, 20, 30]), (voi_lut, [0, 80, 160, 255])):
+        item.add_new("LUTDescriptor", "US", [4, 0, 16])
+        item.add_new("LUTData", "US", data)
+    modality_lut.ModalityLUTType, modality_lut.LUTExplanation = "HOLLOWAY", "for HOLLOWAY"
+    voi_lut.LUTExplanation, voi_lut.LUTLabel = "HOLLOWAY lungs", "HOLLOWAY"
+    ds.ModalityLUTSequence, ds.VOILUTSequence = [modality_lut], [voi_lut]
+    out = Deidentifier(KEY).deidentify(ds)
+    for kw in FREE_TEXT_ACTIONS:
+        assert kw not in out, kw
+    assert out.RescaleType == "US" and out.ModalityLUTSequence[0].ModalityLUTType == "US"
+    assert list(out.VOILUTSequence[0].LUTData) == [0, 80, 160, 255]
+    assert "LUTExplanation" not in out.VOILUTSequence[0]
+    assert "holloway" not in "\n".join(_all_values(out)).lower()
+    with open(save(out, tmp_path / "o.dcm"), "rb") as f:
+        raw = f.read().lower()
+    for value in (b"holloway", b"jones"):
+        assert value not in raw, value
+    ds.RescaleType = "hu"
+    assert Deidentifier(KEY).deidentify(ds).RescaleType == "HU"
 
 
 def test_required_attributes_are_kept_as_dummies_and_marks_are_set():
@@ -168,6 +250,19 @@ def test_key_file_is_created_private_and_reused(tmp_path):
     path.write_text("not hex")
     with pytest.raises(InputError, match="not a de-identification key"):
         load_or_create_key(path)
+
+
+def test_bad_key_paths_are_one_line_input_errors(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "binary.key").write_bytes(bytes(range(256)))
+    cases = {tmp_path: "not a de-identification key file (it is a folder or a device)",
+             tmp_path / "afile" / "deid.key": f"cannot create the de-identification key file: "
+                                              f"{tmp_path / 'afile'} is not a folder",
+             tmp_path / "binary.key": "not a de-identification key (expected hex)"}
+    for path, reason in cases.items():
+        with pytest.raises(InputError) as info:
+            load_or_create_key(path)
+        assert str(info.value) == f"{path}: {reason}"
 
 
 @pytest.mark.data

@@ -7,6 +7,8 @@ PACS export holds, private tags) for this file, test_deid.py and test_ingest.py.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pydicom
 import pytest
@@ -45,6 +47,18 @@ SITE = dict(InstitutionName="Saint Bartholomew Regional Hospital",
 STUDY_DATE = "20190314"  # every generated study; shifted dates can never equal it
 
 
+def free_text(patient: str = "holloway") -> dict[str, str]:
+    """Free text as sites type it, naming the patient or staff (PS3.15 Table E.1-1: X)."""
+    p = PATIENTS[patient]
+    surname = p["PatientName"].split("^")[0]
+    return dict(SeriesDescription=f"PA chest {surname}",
+                ProtocolName=f"Chest 2 views for {p['PatientName']}",
+                DerivationDescription=f"Cropped by {SITE['OperatorsName']} for {p['PatientID']}",
+                AcquisitionDeviceProcessingDescription=f"GRID {surname} {p['PatientID']}",
+                AcquisitionComments=f"{surname} could not hold breath",
+                WindowCenterWidthExplanation=f"{surname} lungs")
+
+
 def identifying_values(patient: str = "holloway") -> list[str]:
     """Every identifying value `make_dataset` puts in a header (for "nothing left" checks)."""
     p = PATIENTS[patient]
@@ -53,6 +67,8 @@ def identifying_values(patient: str = "holloway") -> list[str]:
     values += p["PatientName"].split("^")
     values += [v for v in SITE.values()] + SITE["ReferringPhysicianName"].split("^")
     values += [STUDY_DATE, f"ACC{p['PatientID'][-6:]}", "Fell on ice at home"]
+    values += [*free_text(patient).values(), f"PA {p['PatientName']}",
+               f"Chest of {p['PatientName']}"]
     return values
 
 
@@ -92,8 +108,16 @@ def make_dataset(patient: str = "holloway", *, index: int = 0, rows: int = 64,
     for k, v in {**SITE, **p}.items():
         setattr(ds, k, v)
     ds.StudyDescription = f"CHEST PA {p['PatientName'].split('^')[0]}"
-    ds.SeriesDescription = "PA chest"
     ds.ImageComments = "Fell on ice at home"
+    for k, v in free_text(patient).items():
+        setattr(ds, k, v)
+    # coded view and anatomy, with the free-text Code Meaning a site may type (never copied)
+    view, region = Dataset(), Dataset()
+    view.CodeValue, view.CodingSchemeDesignator = "R-10214", "SRT"
+    view.CodeMeaning = f"PA {p['PatientName']}"
+    region.CodeValue, region.CodingSchemeDesignator = "T-D3000", "SRT"
+    region.CodeMeaning = f"Chest of {p['PatientName']}"
+    ds.ViewCodeSequence, ds.AnatomicRegionSequence = Sequence([view]), Sequence([region])
     ds.BodyPartExamined = "CHEST"
     ds.ViewPosition = "PA"
     ds.ImageLaterality = "U"
@@ -383,6 +407,49 @@ def test_truncated_header_and_truncated_pixel_data(tmp_path):
     assert "truncated file: Pixel Data declares 6144 bytes, the file holds 5144" in msg
 
 
+def truncated_j2k(tmp_path, name: str = "cut_j2k.dcm"):
+    """A JPEG 2000 file cut in the middle of its encapsulated Pixel Data."""
+    ds = make_dataset(rows=128, cols=96)
+    ds.compress(dcm_uid.JPEG2000Lossless)
+    whole = tmp_path / "whole_j2k.dcm"
+    save(ds, whole)
+    raw = whole.read_bytes()
+    cut = tmp_path / name
+    cut.write_bytes(raw[:len(raw) - len(ds.PixelData) // 2])
+    whole.unlink()
+    return cut
+
+
+def _silent_error(path) -> str:
+    """The one-line error, with no warning let out on the way (pydicom's included)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        msg = _error(path)
+    assert [str(w.message) for w in caught] == []
+    return msg
+
+
+def test_truncated_encapsulated_pixel_data_is_named_and_quiet(tmp_path):
+    """pydicom returns an empty dataset (and warns) at end of file inside encapsulated pixels."""
+    cut = truncated_j2k(tmp_path)
+    with pytest.warns(UserWarning, match="End of file reached before delimiter"):
+        assert len(pydicom.dcmread(cut)) == 0  # what made the old message wrong
+    msg = _silent_error(cut)
+    assert msg == (f"{cut}: truncated encapsulated Pixel Data: the file ends inside the "
+                   "compressed pixel data, before its sequence delimiter (the header is intact)")
+    # the header alone still reads (inspect --header-only)
+    assert dicom.read_dataset(cut, stop_before_pixels=True).Rows == 128
+
+
+@pytest.mark.data
+@needs_rg1
+def test_truncated_rg1_jpeg2000_is_named_and_quiet(tmp_path):
+    raw = sources.path("chest_dicom", "RG1_J2KI.dcm").read_bytes()
+    cut = tmp_path / "RG1_J2KI_cut.dcm"
+    cut.write_bytes(raw[:300_000])
+    assert "truncated encapsulated Pixel Data" in _silent_error(cut)
+
+
 def test_no_pixel_data(tmp_path):
     ds = make_dataset()
     del ds.PixelData
@@ -477,6 +544,16 @@ def test_multi_frame_is_refused_unless_a_frame_is_chosen(tmp_path):
     assert out.meta.frame == 1 and out.meta.frames == 3 and "frame 1 of 3" in out.notes
     assert np.allclose(out.image, 1000 / 4095)
     assert "frame 3 requested but the image has 3 frames" in _error(path, ReadOptions(frame=3))
+
+
+def test_frame_applies_to_multi_frame_images_only(tmp_path):
+    """One --frame setting reads a folder that mixes single- and multi-frame files."""
+    path = save(make_dataset(), tmp_path / "single.dcm")
+    plain = read_dicom(path)
+    for k in (0, 1, 5):
+        out = read_dicom(path, ReadOptions(frame=k))
+        assert np.array_equal(out.image, plain.image)
+        assert out.meta.frame is None and out.meta.frames == 1 and out.notes == ()
 
 
 def test_inconsistent_pixel_description(tmp_path):

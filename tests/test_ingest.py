@@ -238,3 +238,140 @@ def test_ingest_real_radiographs(tmp_path, capsys):
     _assert_nothing_identifying(out, ["CompressedSamples", "9RG1", "19400305", "Hamburg",
                                       "THORAVISION", "20040826", "19950926",
                                       "1.3.6.1.4.1.5962.1.2.9.20040826185059.5457"])
+
+
+def test_inspect_names_an_empty_folder(tmp_path, capsys):
+    empty = tmp_path / "empty_export"
+    empty.mkdir()
+    (empty / ".DS_Store").write_bytes(b"\0")  # hidden files do not count
+    code, stdout, err = _run(capsys, "inspect", empty)
+    assert code == 1 and stdout == ""
+    assert err == f"error: no files to inspect in {empty} (empty folder; hidden files are " \
+        "ignored)\n"
+
+
+def _mixed_frames_folder(root: Path) -> Path:
+    src = root / "mixed"
+    save(make_dataset(rows=16, cols=12), src / "single.dcm")
+    multi = make_dataset(index=1, rows=8, cols=6, window=None)
+    frames = np.stack([np.full((8, 6), v, np.uint16) for v in (0, 1000, 4095)])
+    multi.NumberOfFrames, multi.PixelData = 3, frames.astype("<u2").tobytes()
+    save(multi, src / "multi.dcm")
+    return src
+
+
+def test_frame_option_reads_a_folder_of_single_and_multi_frame_files(tmp_path, capsys):
+    src = _mixed_frames_folder(tmp_path)
+    code, stdout, _ = _run(capsys, "inspect", src, "--frame", "1")
+    assert code == 0 and stdout.count(": ok ") == 2 and "3 frames" in stdout
+    code, stdout, _ = _run(capsys, "ingest", src, tmp_path / "out", "--frame", "1",
+                           "--workers", "1", "--key-file", tmp_path / "k")
+    assert code == 0 and stdout.startswith("ingest: 2 written, 0 already done, 0 skipped")
+    rows = {r["frames"]: r for r in _csv(tmp_path / "out" / "manifest.csv")}
+    assert rows["3"]["frame"] == "1" and rows["1"]["frame"] == ""
+    for action in ("inspect", "ingest"):  # the help says so
+        with pytest.raises(SystemExit):
+            main(["dicom", action, "--help"])
+        assert "single-frame images are read as they are" in " ".join(
+            capsys.readouterr().out.split())
+
+
+def test_output_side_errors_are_checked_before_anything_is_created(tmp_path, capsys):
+    src = tmp_path / "src"
+    save(make_dataset(rows=16, cols=16), src / "a.dcm")
+    (tmp_path / "afile").write_text("not a folder")
+    key = tmp_path / "k"
+    cases = [((src, tmp_path / "afile", "--key-file", key),
+              f"{tmp_path / 'afile'}: OUT_DIR exists and is not a folder"),
+             ((src, tmp_path / "afile" / "out", "--key-file", key),
+              f"{tmp_path / 'afile' / 'out'}: cannot create OUT_DIR: {tmp_path / 'afile'} is "
+              "not a folder"),
+             ((src, tmp_path / "out", "--key-file", tmp_path),
+              f"{tmp_path}: not a de-identification key file (it is a folder or a device)"),
+             ((src, tmp_path / "out", "--key-file", tmp_path / "afile"),
+              f"{tmp_path / 'afile'}: not a de-identification key (expected hex)"),
+             ((src, tmp_path / "out", "--key-file", tmp_path / "afile" / "k"),
+              f"{tmp_path / 'afile' / 'k'}: cannot create the de-identification key file: "
+              f"{tmp_path / 'afile'} is not a folder")]
+    if Path("/proc/self").is_dir():  # procfs: no folder can be made in it, even by root
+        cases.append(((src, "/proc/biomed_out", "--key-file", key),
+                      "/proc/biomed_out: cannot create OUT_DIR in /proc ("))
+    for argv, message in cases:
+        code, stdout, err = _run(capsys, "ingest", *argv, "--workers", "1")
+        assert code == 2 and stdout == "", argv
+        assert err.startswith(f"error: {message}") and err.count("\n") == 1, err
+        assert not (tmp_path / "out").exists() and not key.exists()
+    assert (tmp_path / "afile").read_text() == "not a folder"
+
+
+def test_truncated_jpeg2000_is_one_reason_and_no_warning(tmp_path, capsys, recwarn):
+    from tests.test_dicom import truncated_j2k
+
+    src = tmp_path / "src"
+    src.mkdir()
+    cut = truncated_j2k(src)
+    code, stdout, err = _run(capsys, "inspect", cut)
+    assert code == 1 and err == ""
+    assert stdout == (f"{cut}: error: truncated encapsulated Pixel Data: the file ends inside "
+                      "the compressed pixel data, before its sequence delimiter (the header is "
+                      "intact)\n")
+    code, stdout, err = _run(capsys, "ingest", src, tmp_path / "out", "--workers", "1",
+                             "--key-file", tmp_path / "k", "--no-progress")
+    assert code == 0 and stdout.startswith("ingest: 0 written, 0 already done, 1 skipped")
+    assert [e["reason"] for e in _csv(tmp_path / "out" / "errors.csv")] == [
+        "truncated encapsulated Pixel Data: the file ends inside the compressed pixel data, "
+        "before its sequence delimiter (the header is intact)"]
+    assert [str(w.message) for w in recwarn if "pydicom" in w.filename] == []
+
+
+def test_lut_explanations_and_code_meanings_leave_no_identifier(tmp_path, capsys):
+    """Free text inside kept sequences: VOI LUT explanation, coded view and anatomy meanings."""
+    from pydicom.dataset import Dataset
+
+    src = tmp_path / "src"
+    ds = make_dataset("przybylski", rows=16, cols=12, window=None)
+    lut = Dataset()
+    lut.add_new("LUTDescriptor", "US", [4096, 0, 16])
+    lut.add_new("LUTData", "US", list(range(0, 65536, 16)))
+    lut.LUTExplanation = "Soft tissue for PRZYBYLSKI^TOMASZ"
+    ds.VOILUTSequence = [lut]
+    ds.RescaleType = "PRZYBYLSKI"
+    save(ds, src / "lut.dcm")
+    for fmt in ("dicom", "png"):
+        out = tmp_path / fmt
+        code, stdout, _ = _run(capsys, "ingest", src, out, "--format", fmt, "--workers", "1",
+                               "--key-file", tmp_path / "k", "--hash-paths")
+        assert code == 0 and stdout.startswith("ingest: 1 written"), stdout
+        _assert_nothing_identifying(out, [*_identifiers(src), "Soft tissue"])
+    back = pydicom.dcmread(next((tmp_path / "dicom" / "images").glob("*.dcm")))
+    assert back.ViewCodeSequence[0].CodeMeaning == "postero-anterior"
+    assert back.VOILUTSequence[0].LUTDescriptor == [4096, 0, 16] and back.RescaleType == "US"
+
+
+def test_bench_naive_loop_saves_png_at_the_ingest_compression_level(tmp_path):
+    """The baseline is not handicapped: same zlib level as ingest (Pillow's default is 6)."""
+    import importlib.util
+    import zlib
+
+    from biomed.imaging.ingest import PNG_COMPRESSION
+
+    bench_file = Path(__file__).resolve().parents[1] / "bench" / "dicom_ingest.py"
+    spec = importlib.util.spec_from_file_location("bench_dicom_ingest", bench_file)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    files = [Path(save(make_dataset(index=i, rows=64, cols=48), tmp_path / f"{i}.dcm"))
+             for i in range(2)]
+    (tmp_path / "naive").mkdir()
+    bench.naive(files, tmp_path / "naive", 32)
+
+    def zlib_level(png: Path) -> int:  # FLEVEL of the first IDAT's zlib header
+        data = png.read_bytes()
+        idat = data[data.index(b"IDAT") + 4:]
+        return idat[1] >> 6
+
+    expected = zlib.compressobj(PNG_COMPRESSION).compress(b"x" * 100)
+    expected += zlib.compressobj(PNG_COMPRESSION).flush()
+    for png in sorted((tmp_path / "naive").glob("*.png")):
+        assert zlib_level(png) == expected[1] >> 6 == 1  # level 3: "fast" (level 6: 2)
+        with Image.open(png) as im:
+            assert im.mode == "I;16" and im.size == (24, 32)

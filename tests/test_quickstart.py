@@ -69,3 +69,20 @@ def test_failed_stage_marks_the_run_failed(tmp_path):
 def test_unknown_stage_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="unknown stage"):
         run(compose("quickstart", [f"paths.run_dir={tmp_path}", "stages=[nope]"]))
+
+
+def test_changed_inputs_rerun_the_stage(tmp_path, capsys):
+    one = [str(FIX / "pubmed" / "baseline.xml")]
+    both = [*one, str(FIX / "pubmed" / "update.xml")]
+
+    def cfg_for(files):
+        return compose("quickstart", [f"paths.run_dir={tmp_path}", "stages=[corpus]",
+                                      f"pubmed.files=[{','.join(files)}]"])
+
+    first = run(cfg_for(both))
+    capsys.readouterr()
+    changed = run(cfg_for(one))
+    assert "config or data changed, rerunning" in capsys.readouterr().out
+    assert changed["pubmed_records_read"] < first["pubmed_records_read"]
+    prov = json.loads((tmp_path / "provenance.json").read_text())
+    assert [Path(d["path"]).name for d in prov["data_files"]] == ["baseline.xml"]

@@ -11,6 +11,18 @@ private tags, all sequences except coded ones), which makes the result at least 
 Basic Profile. The Type 1/2 attributes the image IODs need survive as dummies (Z/D) or remapped
 UIDs (U), so the output is still valid DICOM.
 
+Free text is never copied. Descriptions, comments, protocol names and explanations (Study and
+Series Description, Protocol Name, Image Comments, Derivation Description, Acquisition Device
+Processing Description, Window Center & Width Explanation, LUT Explanation...) are removed,
+whatever they hold: `FREE_TEXT_ACTIONS` lists them with their Table E.1-1 action. Inside the
+coded sequences that are kept (View Code, Anatomic Region) only the code itself survives: Code
+Meaning (LO, typed in by whoever built the item, e.g. "PA DOE^JOHN") is rebuilt from the coding
+scheme and code value (`code_meaning`), and items of private or local coding schemes (``99...``),
+whose code values may be any text, are dropped. Rescale Type and Modality LUT Type (LO) keep only
+their PS3.3 C.11.1.1.2 defined terms. The few text attributes kept (Manufacturer, Manufacturer's
+Model Name, Filter Type, and coded string (CS) attributes) are set by the device, not typed per
+patient, and are not in Table E.1-1 (the profile keeps them too).
+
 Two PS3.15 options are available (E.3, and the codes of CID 7050 that record them):
 
 - Retain Longitudinal Temporal Information with Modified Dates (113107), the default: every
@@ -38,6 +50,7 @@ import datetime as dt
 import hashlib
 import hmac
 import os
+import re
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -82,11 +95,69 @@ _KEEP = (
     "GreenPaletteColorLookupTableData", "BluePaletteColorLookupTableData",
     "PixelData",
 )
-# Sequences kept, with their items cleaned by the same allowlist plus the fields below.
+# Sequences kept: LUT items keep the allowlist plus the LUT itself (below); coded items (View
+# Code, Anatomic Region) are rebuilt from their code (`_code_item`).
 _KEEP_SEQUENCES = ("ModalityLUTSequence", "VOILUTSequence", "ViewCodeSequence",
                    "AnatomicRegionSequence")
-_KEEP_IN_ITEMS = ("LUTDescriptor", "LUTData", "ModalityLUTType", "CodeValue",
-                  "CodingSchemeDesignator", "CodingSchemeVersion", "CodeMeaning")
+_KEEP_IN_ITEMS = ("LUTDescriptor", "LUTData")
+# Coded items (View Code, Anatomic Region): the code is kept, its meaning rebuilt (never copied).
+_CODED_SEQUENCES = ("ViewCodeSequence", "AnatomicRegionSequence")
+# LO attributes whose PS3.3 C.11.1.1.2 defined terms are kept; any other value becomes "US"
+# (unspecified), a valid value that names no one.
+_DEFINED_TERMS = {
+    "RescaleType": ("OD", "HU", "US", "MGML", "Z_EFF", "ED", "EDW", "HU_MOD", "PCT"),
+    "ModalityLUTType": ("OD", "HU", "US", "MGML", "Z_EFF", "ED", "EDW", "HU_MOD", "PCT"),
+}
+
+# Free text that may name a patient, a member of staff or a place, and what is done with it.
+# None is on the allowlist, so every one is removed. "X", "X/D", "X/Z": the attribute's Table
+# E.1-1 action (where a dummy is allowed, removal is the stricter choice, and these are Type 3
+# in the image IODs). "free text": removed as free text whatever Table E.1-1 says of it (an
+# explanation or label of a window or LUT, the meaning or version of a code: a site may type
+# anything there), except Code Meaning, which coded items need and which is rebuilt (D).
+FREE_TEXT_ACTIONS = {
+    "StudyDescription": "X", "SeriesDescription": "X", "ProtocolName": "X/D",
+    "ImageComments": "X", "DerivationDescription": "X",
+    "AcquisitionDeviceProcessingDescription": "X/D", "AcquisitionComments": "X",
+    "AcquisitionProtocolDescription": "X", "PatientComments": "X",
+    "AdditionalPatientHistory": "X", "AdmittingDiagnosesDescription": "X",
+    "RequestedProcedureDescription": "X/Z", "PerformedProcedureStepDescription": "X",
+    "ScheduledProcedureStepDescription": "X", "ContributionDescription": "X",
+    "FrameComments": "X", "ReasonForStudy": "X", "ServiceEpisodeDescription": "X",
+    "VisitComments": "X", "StudyComments": "X", "IdentifyingComments": "X",
+    "ImagePresentationComments": "X", "TextComments": "X", "TextString": "X",
+    "WindowCenterWidthExplanation": "free text", "LUTExplanation": "free text",
+    "LUTLabel": "free text", "PixelSpacingCalibrationDescription": "free text",
+    "CodingSchemeVersion": "free text", "CodeMeaning": "free text: D, rebuilt from the code",
+}
+# Standard codes of CID 4010 (DX View) and CID 4031 (Common Anatomic Regions) that chest
+# radiographs carry, in SNOMED CT (SCT) and its retired SNOMED-RT form (SRT, also written SNM3),
+# with their PS3.16 Code Meaning. Other codes of a standard scheme keep their code value as
+# their meaning.
+_CODE_MEANINGS = {
+    ("SCT", "272479007"): "postero-anterior", ("SRT", "R-10214"): "postero-anterior",
+    ("SRT", "R-40888"): "postero-anterior",
+    ("SCT", "399348003"): "antero-posterior", ("SRT", "R-10206"): "antero-posterior",
+    ("SCT", "399067008"): "lateral", ("SRT", "R-102CD"): "lateral",
+    ("SCT", "399198007"): "right lateral", ("SRT", "R-10232"): "right lateral",
+    ("SCT", "399173006"): "left lateral", ("SRT", "R-10236"): "left lateral",
+    ("SCT", "399033003"): "frontal", ("SRT", "R-10202"): "frontal",
+    ("SCT", "399059000"): "postero-anterior oblique", ("SRT", "R-10216"): "postero-anterior oblique",
+    ("SCT", "399312000"): "antero-posterior oblique", ("SRT", "R-10208"): "antero-posterior oblique",
+    ("SCT", "51185008"): "Chest", ("SCT", "816094009"): "Chest", ("SRT", "T-D3000"): "Chest",
+    ("SCT", "416550000"): "Chest and Abdomen", ("SRT", "R-FAB55"): "Chest and Abdomen",
+    ("SCT", "72410000"): "Mediastinum", ("SRT", "T-D3300"): "Mediastinum",
+    ("SCT", "86598002"): "Apex of Lung", ("SRT", "T-280A0"): "Apex of Lung",
+    ("SCT", "113197003"): "Rib", ("SRT", "T-11300"): "Rib",
+    ("SCT", "56873002"): "Sternum", ("SRT", "T-11210"): "Sternum",
+    ("SCT", "122495006"): "Thoracic spine", ("SRT", "T-11502"): "Thoracic spine",
+}
+# Coding schemes whose code values are codes (digits, or SNOMED-RT's letter-dash-code form),
+# never free text. Items of any other scheme (private "99..." schemes above all) are dropped.
+_CODE_PATTERNS = {
+    "SCT": r"[0-9]{6,18}", "SRT": r"[A-Z]-[0-9A-Z]{4,6}", "SNM3": r"[A-Z]-[0-9A-Z]{4,6}",
+    "DCM": r"[0-9]{3,16}", "LN": r"[0-9]{1,10}-[0-9]", "FMA": r"[0-9]{1,10}",
+}
 # Table E.1-1 "Z" (Type 2 in the image IODs): present, emptied or given a dummy value.
 _EMPTY = ("PatientBirthDate", "AccessionNumber", "ReferringPhysicianName", "StudyID")
 # Table E.1-1 "U": remapped.
@@ -100,8 +171,10 @@ _CHARACTERISTICS = {"PatientSex": "Z", "PatientAge": "X", "PatientSize": "X",
                     "PatientWeight": "X"}
 
 for _kw in (*_KEEP, *_KEEP_SEQUENCES, *_KEEP_IN_ITEMS, *_EMPTY, *_REMAP, *_DATES, *_DATETIMES,
-            *_TIMES, *_CHARACTERISTICS):
+            *_TIMES, *_CHARACTERISTICS, *_DEFINED_TERMS):
     assert tag_for_keyword(_kw) is not None, _kw
+for _kw in FREE_TEXT_ACTIONS:  # free text is never on the allowlist
+    assert tag_for_keyword(_kw) is not None and _kw not in (*_KEEP, *_KEEP_IN_ITEMS), _kw
 
 
 class BurnedInAnnotation(InputError):
@@ -137,18 +210,57 @@ def load_or_create_key(path: str | Path) -> bytes:
     """
     path = Path(path)
     if path.exists():
-        try:
-            key = bytes.fromhex(path.read_text().strip())
-        except ValueError:
-            raise InputError(path, "not a de-identification key (expected hex)") from None
-        if len(key) < 16:
-            raise InputError(path, "de-identification key too short (need >= 16 bytes)")
-        return key
+        return _read_key(path)
+    check_key_file(path)
     key = new_key()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(key.hex() + "\n")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(key.hex() + "\n")
+    except OSError as e:
+        raise InputError(path, f"cannot create the de-identification key file "
+                         f"({e.strerror or e})") from None
+    return key
+
+
+def check_key_file(path: str | Path) -> None:
+    """Check, creating nothing, that a key file can be read (it exists) or created.
+
+    Raises `InputError` naming the path: a folder, an unreadable or malformed key, or a place
+    where no file can be created (a file or an unwritable folder on the way).
+    """
+    path = Path(path)
+    if path.exists():
+        _read_key(path)
+        return
+    if path.is_symlink():
+        raise InputError(path, "key file is a broken symbolic link")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise InputError(path, f"cannot create the de-identification key file: {parent} is not "
+                         "a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(path, f"cannot create the de-identification key file: {parent} is not "
+                         "writable")
+
+
+def _read_key(path: Path) -> bytes:
+    if not path.is_file():
+        raise InputError(path, "not a de-identification key file (it is a folder or a device)")
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise InputError(path, f"cannot read the de-identification key ({e.strerror or e})") \
+            from None
+    try:
+        key = bytes.fromhex(data.decode("ascii").strip())
+    except ValueError:  # also UnicodeDecodeError: a binary file
+        raise InputError(path, "not a de-identification key (expected hex)") from None
+    if len(key) < 16:
+        raise InputError(path, "de-identification key too short (need >= 16 bytes)")
     return key
 
 
@@ -205,7 +317,10 @@ class Deidentifier:
         _copy(ds, out, _KEEP)
         for kw in _KEEP_SEQUENCES:
             if kw in ds and ds[kw].VR == "SQ":
-                setattr(out, kw, Sequence([self._clean_item(item) for item in ds[kw].value]))
+                clean = (_code_item if kw in _CODED_SEQUENCES else self._clean_item)
+                items = [clean(item) for item in ds[kw].value]
+                setattr(out, kw, Sequence([item for item in items if item is not None]))
+        _defined_terms(out)
         pseudo = self.pseudonym(patient_key)
         out.PatientName = pseudo  # Z (dummy value): keeps the patient's images together
         out.PatientID = pseudo
@@ -221,8 +336,10 @@ class Deidentifier:
         return out
 
     def _clean_item(self, item: Dataset) -> Dataset:
+        """A LUT item: the LUT itself (descriptor, data, type), never its explanation."""
         clean = Dataset()
-        _copy(item, clean, (*_KEEP, *_KEEP_IN_ITEMS))
+        _copy(item, clean, (*_KEEP, *_KEEP_IN_ITEMS, *_DEFINED_TERMS))
+        _defined_terms(clean)
         return clean
 
     def _dates(self, ds: Dataset, out: Dataset, patient_key: str) -> None:
@@ -285,6 +402,45 @@ class Deidentifier:
         meta.MediaStorageSOPInstanceUID = out.SOPInstanceUID
         meta.ImplementationClassUID = dcm_uid.PYDICOM_IMPLEMENTATION_UID
         return meta
+
+
+def code_meaning(scheme: str, value: str) -> str | None:
+    """The Code Meaning of a code, from the code alone (never from the file's text).
+
+    A standard chest code (`_CODE_MEANINGS`) gets its PS3.16 meaning; any other code of a
+    standard scheme gets its code value; a code of another scheme, or a code value that does not
+    look like one of its scheme's codes, gets None (the item is dropped).
+    """
+    scheme, value = scheme.strip(), value.strip()
+    if scheme == "SNM3":
+        scheme = "SRT"
+    if (scheme, value) in _CODE_MEANINGS:
+        return _CODE_MEANINGS[scheme, value]
+    pattern = _CODE_PATTERNS.get(scheme)
+    return value if pattern and re.fullmatch(pattern, value) else None
+
+
+def _code_item(item: Dataset) -> Dataset | None:
+    """A code sequence item rebuilt from its code: value, scheme and a meaning derived from
+    them (Code Meaning and Coding Scheme Version are free text and are not copied); None when
+    the code is not of a standard scheme."""
+    value = str(item.get("CodeValue", "") or "")
+    scheme = str(item.get("CodingSchemeDesignator", "") or "")
+    meaning = code_meaning(scheme, value)
+    if meaning is None:
+        return None
+    clean = Dataset()
+    clean.CodeValue, clean.CodingSchemeDesignator = value.strip(), scheme.strip()
+    clean.CodeMeaning = meaning
+    return clean
+
+
+def _defined_terms(ds: Dataset) -> None:
+    """Rescale Type / Modality LUT Type (LO): a defined term, else "US" (unspecified)."""
+    for kw, terms in _DEFINED_TERMS.items():
+        if kw in ds:
+            term = str(ds[kw].value or "").strip().upper()
+            setattr(ds, kw, term if term in terms else "US")
 
 
 def _copy(src: Dataset, dst: Dataset, keywords: Iterable[str]) -> None:

@@ -20,7 +20,11 @@ Choices a caller must know (each raises an `InputError` naming the file and the 
 the caller opts in; nothing returns a silently wrong image):
 
 - **multi-frame**: a radiograph is one frame; an object with Number of Frames > 1 is refused
-  unless ``ReadOptions.frame`` picks one (0-based). The record says how many frames there were.
+  unless ``ReadOptions.frame`` picks one (0-based). ``frame`` applies to multi-frame objects
+  only: single-frame images are read as they are whatever its value, so that one setting reads
+  a folder that mixes both. The record says how many frames there were.
+- **pydicom's warnings** (about what it tolerates in a malformed file) are never printed: the
+  ones that explain a failure become its one-line reason, the others the image's ``notes``.
 - **colour** (RGB, YBR_*, PALETTE COLOR): refused unless ``ReadOptions.color == "convert"``,
   which takes ITU-R BT.601 luma; the record then says ``color_converted``.
 - **JPEG 2000 at reduced resolution**: with ``ReadOptions.decode_size`` the decoder may stop at
@@ -35,6 +39,7 @@ from __future__ import annotations
 import io
 import math
 import struct
+import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -62,7 +67,9 @@ class ReadOptions:
     """How to turn stored pixels into the workbench image (see the module docstring)."""
 
     voi: VoiMode = "file"  # file's VOI LUT/window | full Bits Stored range | image min..max
-    frame: int | None = None  # multi-frame objects: None refuses, k takes frame k (0-based)
+    # multi-frame objects: None refuses them, k takes frame k (0-based); single-frame images
+    # are read as they are whatever the value
+    frame: int | None = None
     color: Literal["refuse", "convert"] = "refuse"
     # JPEG 2000 may decode at a lower resolution: int N keeps the longer side >= N (for a
     # caller that shrinks with the aspect kept); (rows, columns) keeps each side >= its value
@@ -167,18 +174,61 @@ def read_dataset(path: str | Path, *, stop_before_pixels: bool = False) -> Datas
                              "DICOM preamble")
         raise InputError(p, "not a DICOM file (no 'DICM' marker at byte 128 and no "
                          "recognisable dataset)")
-    try:
-        ds = pydicom.dcmread(p, force=bare, stop_before_pixels=stop_before_pixels)
-    except InvalidDicomError:
-        raise InputError(p, "not a DICOM file (no 'DICM' marker at byte 128)") from None
-    except (EOFError, struct.error, OSError, ValueError, KeyError, IndexError) as e:
-        raise InputError(p, f"truncated or corrupt header ({_one_line(e)})") from None
+    ds, caught = _dcmread(p, bare, stop_before_pixels)
     if bare:
         _check_bare(ds, p)
     if len(ds) == 0:
-        raise InputError(p, "truncated file: the file meta header is followed by no dataset")
+        _explain_empty_dataset(p, bare, stop_before_pixels)
     _check_truncation(ds, p, size, stop_before_pixels)
+    if caught:  # kept for the notes of the decoded image (never printed to the console)
+        ds._biomed_read_warnings = caught
     return ds
+
+
+def _dcmread(p: Path, bare: bool, stop_before_pixels: bool) -> tuple[Dataset, tuple[str, ...]]:
+    """``pydicom.dcmread`` with typed errors; its warnings are caught and returned, not shown.
+
+    pydicom warns (UserWarning) about what it tolerates in a malformed file, e.g. "End of file
+    reached before delimiter"; the caller turns that into a one-line reason or a note, so
+    ``inspect`` and ``ingest`` print nothing else.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            ds = pydicom.dcmread(p, force=bare, stop_before_pixels=stop_before_pixels)
+        except InvalidDicomError:
+            raise InputError(p, "not a DICOM file (no 'DICM' marker at byte 128)") from None
+        except (EOFError, struct.error, OSError, ValueError, KeyError, IndexError) as e:
+            raise InputError(p, f"truncated or corrupt header ({_one_line(e)})") from None
+    return ds, tuple(dict.fromkeys(_one_line(w.message) for w in caught))
+
+
+def _explain_empty_dataset(p: Path, bare: bool, stop_before_pixels: bool) -> None:
+    """Raise the reason for a dataset that pydicom read as empty.
+
+    pydicom returns an empty dataset (with a warning) when the file ends inside an element of
+    undefined length, which for an image is usually its encapsulated (compressed) Pixel Data:
+    a JPEG 2000 file cut short. Reading again up to the pixels tells that case apart.
+    """
+    if not stop_before_pixels:
+        try:
+            header, _ = _dcmread(p, bare, stop_before_pixels=True)
+        except InputError:
+            header = Dataset()
+        if len(header) and _has_encapsulated_pixel_data_tag(p):
+            raise InputError(p, "truncated encapsulated Pixel Data: the file ends inside the "
+                             "compressed pixel data, before its sequence delimiter (the header "
+                             "is intact)")
+    raise InputError(p, "truncated file: the file meta header is followed by no dataset")
+
+
+def _has_encapsulated_pixel_data_tag(p: Path) -> bool:
+    """Whether the file holds (7FE0,0010) OB/OW of undefined length (explicit VR LE)."""
+    import mmap
+
+    with open(p, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+        return any(m.find(b"\xe0\x7f\x10\x00" + vr + b"\0\0\xff\xff\xff\xff") >= 0
+                   for vr in (b"OB", b"OW"))
 
 
 def _looks_like_bare_dataset(head: bytes) -> bool:
@@ -340,19 +390,21 @@ def dataset_to_image(ds: Dataset, path: str | Path = "<dataset>",
     px = _pixel_description(ds, path)
     frame = _choose_frame(px, path, options)
     notes: list[str] = []
+    warned = [f"pydicom: {w}" for w in getattr(ds, "_biomed_read_warnings", ())]
     if px.photometric in _COLOUR or px.samples > 1:
         if options.color == "refuse":
             raise InputError(path, f"colour image ({px.photometric}, {px.samples} samples per "
                              "pixel) refused: grayscale required (convert it to luma with "
                              "color='convert' / --convert-color)")
-        image = _colour_to_luma(ds, px, path, frame)
+        image = _colour_to_luma(ds, px, path, frame, warned)
         notes.append(f"converted from {px.photometric} to luma (ITU-R BT.601)")
         voi = "none (colour converted to luma)"
     else:
-        stored = _decode_gray(ds, px, path, frame, options.decode_size)
+        stored = _decode_gray(ds, px, path, frame, options.decode_size, warned)
         image, voi = gray_to_float(ds, stored, px.bits_stored, px.signed, options.voi)
     if frame is not None and px.frames > 1:
         notes.append(f"frame {frame} of {px.frames}")
+    notes += warned
     meta = replace(meta, voi=voi, frame=frame if px.frames > 1 else None,
                    color_converted=px.photometric in _COLOUR or px.samples > 1,
                    image_shape=(int(image.shape[0]), int(image.shape[1])))
@@ -431,9 +483,7 @@ def _check_native_length(ds: Dataset, px: _Pixels, path: str | Path) -> None:
 
 
 def _choose_frame(px: _Pixels, path: str | Path, options: ReadOptions) -> int | None:
-    if px.frames == 1:
-        if options.frame not in (None, 0):
-            raise InputError(path, f"frame {options.frame} requested but the image has 1 frame")
+    if px.frames == 1:  # ``frame`` applies to multi-frame objects only (a mixed folder reads)
         return None
     if options.frame is None:
         raise InputError(path, f"multi-frame image ({px.frames} frames) refused: a radiograph "
@@ -444,26 +494,32 @@ def _choose_frame(px: _Pixels, path: str | Path, options: ReadOptions) -> int | 
     return options.frame
 
 
-def _decode(ds: Dataset, px: _Pixels, path: str | Path, frame: int | None) -> np.ndarray:
+def _decode(ds: Dataset, px: _Pixels, path: str | Path, frame: int | None,
+            notes: list[str] | None = None) -> np.ndarray:
     from pydicom.pixels.decoders.base import get_decoder
 
-    try:
-        arr, _ = get_decoder(dcm_uid.UID(px.syntax)).as_array(ds, index=frame)
-    except InputError:
-        raise
-    except Exception as e:  # every plugin failed: corrupt or unsupported codestream
-        raise InputError(path, f"cannot decode {_uid_name(px.syntax)} pixel data: "
-                         f"{_one_line(e)}") from None
+    with warnings.catch_warnings(record=True) as caught:  # into the notes, not the console
+        warnings.simplefilter("always")
+        try:
+            arr, _ = get_decoder(dcm_uid.UID(px.syntax)).as_array(ds, index=frame)
+        except InputError:
+            raise
+        except Exception as e:  # every plugin failed: corrupt or unsupported codestream
+            raise InputError(path, f"cannot decode {_uid_name(px.syntax)} pixel data: "
+                             f"{_one_line(e)}") from None
+    if notes is not None:
+        notes += [f"pydicom: {w}" for w in dict.fromkeys(_one_line(c.message) for c in caught)]
     return arr
 
 
 def _decode_gray(ds: Dataset, px: _Pixels, path: str | Path, frame: int | None,
-                 decode_size: int | tuple[int, int] | None) -> np.ndarray:
+                 decode_size: int | tuple[int, int] | None,
+                 notes: list[str] | None = None) -> np.ndarray:
     arr = None
     if decode_size and px.syntax in _J2K_SYNTAXES and px.frames == 1:
         arr = _decode_j2k_reduced(ds, px, decode_size)
     if arr is None:
-        arr = _decode(ds, px, path, frame)
+        arr = _decode(ds, px, path, frame, notes)
     if arr.ndim != 2:
         raise InputError(path, f"decoded pixel data has shape {arr.shape}, expected one "
                          "grayscale frame")
@@ -544,8 +600,8 @@ def _j2k_header(stream: bytes) -> tuple[int, int, int, bool, int] | None:
 
 
 def _colour_to_luma(ds: Dataset, px: _Pixels, path: str | Path,
-                    frame: int | None) -> np.ndarray:
-    arr = _decode(ds, px, path, frame)  # YBR_* arrive as RGB (pydicom converts unless raw)
+                    frame: int | None, notes: list[str] | None = None) -> np.ndarray:
+    arr = _decode(ds, px, path, frame, notes)  # YBR_* arrive as RGB (pydicom converts unless raw)
     top = float(2**px.bits_stored - 1)
     if px.photometric == "PALETTE COLOR":
         from pydicom.pixels.processing import apply_color_lut

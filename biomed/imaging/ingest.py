@@ -13,6 +13,9 @@ convention) or, with ``--format dicom``, the de-identified DICOM. Each written i
   default ``$BIOMED_CACHE/deid.key``, created on first use. It is kept out of OUT_DIR on
   purpose: whoever holds it can link outputs back to their sources. Reusing it keeps mappings
   consistent across several ingested folders.
+- **Checked first**: SRC_DIR, OUT_DIR (a folder, or a path where one can be created) and the
+  key file (readable, or creatable) are checked before anything is written; a bad one is a
+  one-line `InputError` naming the path, and no empty OUT_DIR is left behind.
 - **Resumable**: a rerun into the same OUT_DIR skips files whose image is in the manifest and on
   disk, and retries the files that failed. Images are written to a temporary name and renamed,
   and rows are appended after the image exists, so an interrupted run leaves nothing half done.
@@ -25,12 +28,14 @@ convention) or, with ``--format dicom``, the de-identified DICOM. Each written i
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import multiprocessing
 import os
 import sys
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -124,7 +129,9 @@ def _process(task: tuple[str, str, str, str]) -> dict[str, Any]:
     """Ingest one file; returns a manifest row, or an error row (never raises)."""
     path, rel, source, image_id = task
     try:
-        return {"ok": True, "row": _ingest_one(Path(path), source, image_id)}
+        with warnings.catch_warnings():  # pydicom's: the reason says what matters, not stderr
+            warnings.simplefilter("ignore")
+            return {"ok": True, "row": _ingest_one(Path(path), source, image_id)}
     except deid_mod.BurnedInAnnotation as e:
         return {"ok": False, "burned_in": True, "row": {"source": source,
                                                         "reason": _clean(e.reason, path, rel)}}
@@ -235,13 +242,22 @@ def ingest(src_dir: str | Path, out_dir: str | Path, settings: IngestSettings | 
     settings = settings or IngestSettings()
     t0 = time.perf_counter()
     src, out = Path(src_dir), Path(out_dir)
+    key_path = Path(key_file) if key_file else default_key_file()
+    # everything that can be checked is checked before anything is created
     if not src.is_dir():
         raise InputError(src, "not a folder" if src.exists() else "folder not found")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / IMAGES).mkdir(exist_ok=True)
-    key = deid_mod.load_or_create_key(key_file or default_key_file())
-    hasher = deid_mod.Deidentifier(key)
-    _check_settings(out, settings, hasher.hash_text("key-fingerprint", 16))
+    _check_out_dir(out)
+    deid_mod.check_key_file(key_path)
+    created = _make_out_dir(out)
+    try:
+        key = deid_mod.load_or_create_key(key_path)
+        hasher = deid_mod.Deidentifier(key)
+        _check_settings(out, settings, hasher.hash_text("key-fingerprint", 16))
+    except BaseException:
+        for folder in reversed(created):  # leave no empty OUT_DIR behind
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
     for tmp in (out / IMAGES).glob(".*.tmp"):  # left by an interrupted run
         tmp.unlink()
 
@@ -268,6 +284,45 @@ def ingest(src_dir: str | Path, out_dir: str | Path, settings: IngestSettings | 
                 skipped += 1
                 burned += bool(result.get("burned_in"))
     return IngestSummary(written, already, skipped, burned, time.perf_counter() - t0, str(out))
+
+
+def _check_out_dir(out: Path) -> None:
+    """OUT_DIR must be a writable folder, or a path where one can be created (nothing is
+    created here)."""
+    if out.exists():
+        if not out.is_dir():
+            raise InputError(out, "OUT_DIR exists and is not a folder")
+        if not os.access(out, os.W_OK | os.X_OK):
+            raise InputError(out, "OUT_DIR is not writable")
+        return
+    if out.is_symlink():
+        raise InputError(out, "OUT_DIR is a broken symbolic link")
+    parent = out.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise InputError(out, f"cannot create OUT_DIR: {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(out, f"cannot create OUT_DIR: {parent} is not writable")
+
+
+def _make_out_dir(out: Path) -> list[Path]:
+    """Create OUT_DIR and OUT_DIR/images; returns the folders created (outermost first)."""
+    missing, d = [], out / IMAGES
+    while not d.exists() and d != d.parent:
+        missing.append(d)
+        d = d.parent
+    created: list[Path] = []
+    try:
+        for d in reversed(missing):
+            d.mkdir()
+            created.append(d)
+    except OSError as e:
+        for c in reversed(created):
+            with contextlib.suppress(OSError):
+                c.rmdir()
+        raise InputError(out, f"cannot create OUT_DIR in {d.parent} ({e.strerror or e})") from None
+    return created
 
 
 def _run(tasks: Sequence[tuple[str, str, str, str]], settings: IngestSettings, key: bytes,
@@ -372,9 +427,11 @@ def inspect_files(paths: Sequence[str | Path], options: ReadOptions | None = Non
     for path in paths:
         rec: dict[str, Any] = {"path": str(path), "ok": True, "error": ""}
         try:
-            ds = read_dataset(path, stop_before_pixels=header_only)
-            meta = metadata(ds, path) if header_only else dataset_to_image(ds, path,
-                                                                          options).meta
+            with warnings.catch_warnings():  # pydicom's: one line per file, nothing else
+                warnings.simplefilter("ignore")
+                ds = read_dataset(path, stop_before_pixels=header_only)
+                meta = metadata(ds, path) if header_only else dataset_to_image(ds, path,
+                                                                              options).meta
             rec.update({k: v for k, v in meta.to_dict().items()
                         if k not in ("path", "study_uid", "series_uid", "sop_uid")})
         except InputError as e:
@@ -418,7 +475,9 @@ def dicom_main(argv: list[str]) -> int:
                        help="intensity window: the file's VOI LUT/window (default; full range "
                        "when it has none), the full Bits Stored range, or the image's min..max")
         p.add_argument("--frame", type=int, default=None, metavar="K",
-                       help="take frame K (0-based) of multi-frame images (default: refuse them)")
+                       help="take frame K (0-based) of multi-frame images (default: refuse "
+                       "them); single-frame images are read as they are, so a folder that "
+                       "mixes both needs no other setting")
         p.add_argument("--convert-color", action="store_true",
                        help="convert colour images to luma (default: refuse them)")
 
@@ -466,8 +525,9 @@ def dicom_main(argv: list[str]) -> int:
         raise ConfigError(str(e)) from None
     if args.action == "inspect":
         files = _expand(args.files)
-        if not files:
-            print("error: no files to inspect", file=sys.stderr)
+        if not files:  # only folders were given, and they hold no (visible) file
+            print(f"error: no files to inspect in {', '.join(args.files)} (empty folder; "
+                  "hidden files are ignored)", file=sys.stderr)
             return 1
         records = inspect_files(files, options, header_only=args.header_only)
         if args.json:
