@@ -391,6 +391,11 @@ class Engine:
                     row["grad_norm"] = grad_norm
                 if cfg.log_every and state.step % cfg.log_every == 0:
                     logger.log(row)
+                if cfg.max_time_s and state.train_seconds > 0:
+                    # under a time budget the step count is an estimate: the steps done so far
+                    # at the current rate, so that the bar's ETA is the budget's end
+                    bar.total = min(cfg.max_steps, max(state.step + 1, round(
+                        state.step * cfg.max_time_s / state.train_seconds)))
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4g}", lr=f"{row['lr']:.3g}", refresh=False)
                 last = state.step == cfg.max_steps or self._out_of_time(state)

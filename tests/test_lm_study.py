@@ -95,7 +95,7 @@ def test_study_sweep_runs_end_to_end_at_tiny_scale(tmp_path):
          "optim.optimizer.lr=3e-3", "seed=0", "optim.schedule.warmup_steps=2"],
         capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    sweep = next((tmp_path / "outputs" / "train_lm" / "multirun").iterdir())
+    sweep = next((tmp_path / "outputs" / "train-lm" / "multirun").iterdir())
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]
     summary = study.summarize(study.find_runs([sweep]), n_boot=100)
     assert set(summary["best"]) == {"AdamW", "SophiaG"}

@@ -197,7 +197,7 @@ def test_cli_train_evaluate_generate_chain(tmp_path, corpus, cache, monkeypatch,
                            f"lm_cache={cache}", *TINY_LM, "trainer.max_steps=3"],
                           capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    run = next((outputs / "train_lm").iterdir())
+    run = next((outputs / "train-lm").iterdir())
     assert (run / ".hydra" / "config.yaml").is_file() and (run / "model" / "README.md").is_file()
 
     monkeypatch.setenv("BIOMED_OUTPUTS", str(outputs))

@@ -1,6 +1,6 @@
 """Summary of the optimizer study (``experiment=lm_optimizer_study``): the table for docs/results.md.
 
-    python -m biomed.lm.study outputs/train_lm/multirun/<stamp> [more sweep folders] \\
+    python -m biomed.lm.study outputs/train-lm/multirun/<stamp> [more sweep folders] \\
         [--out study.md] [--json study.json]
 
 Reads every completed train-lm run below the given folders (``metrics.json``, ``log.jsonl``,
@@ -228,7 +228,7 @@ def format_markdown(summary: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m biomed.lm.study", description=__doc__.split(
         "\n")[0])
-    ap.add_argument("folders", nargs="+", help="sweep folders (outputs/train_lm/multirun/...)")
+    ap.add_argument("folders", nargs="+", help="sweep folders (outputs/train-lm/multirun/...)")
     ap.add_argument("--out", help="write the markdown table here too")
     ap.add_argument("--json", help="write the full summary as JSON")
     ap.add_argument("--boot", type=int, default=2000, help="bootstrap resamples")
