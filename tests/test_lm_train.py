@@ -204,12 +204,12 @@ def test_cli_train_evaluate_generate_chain(tmp_path, corpus, cache, monkeypatch,
     fixtures = ROOT / "tests" / "fixtures" / "lm"
     assert main(["evaluate-lm", f"model_dir={run}", f"corpus={corpus}", f"lm_cache={cache}",
                  "val_fraction=0.1", f"mc=[{fixtures / 'medqa.jsonl'}]", "bootstrap=100"]) == 0
-    ev = json.loads(next((outputs / "evaluate_lm").iterdir()).joinpath(
+    ev = json.loads(next((outputs / "evaluate-lm").iterdir()).joinpath(
         "metrics.json").read_text())
     assert ev["status"] == "completed" and ev["medqa_n"] == 5 and "val_ppl" in ev
     assert main(["generate-text", f"model_dir={run}", "prompt=Drainage for",
                  "max_new_tokens=5"]) == 0
-    gen = next((outputs / "generate_text").iterdir())
+    gen = next((outputs / "generate-text").iterdir())
     assert json.loads((gen / "samples.jsonl").read_text().splitlines()[0])["prompt"] == \
         "Drainage for"
     assert "generate-text: 1 sample(s)" in capsys.readouterr().out
