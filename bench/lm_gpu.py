@@ -21,6 +21,7 @@ import time
 
 import numpy as np
 import torch
+from lm_throughput import StepClock, steady_rate  # bench/ is on sys.path when run as a script
 from omegaconf import OmegaConf
 
 from biomed.config import compose
@@ -34,23 +35,6 @@ PEAKS = {"H200": 989.0, "H100 SXM": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "A
          "L40S": 362.0, "A10G": 125.0, "L4": 121.0}
 
 
-class _Vocab:
-    bos_token_id = eos_token_id = 0
-    pad_token_id = 1
-
-    def __init__(self, n: int):
-        self.n = n
-
-    def __len__(self) -> int:
-        return self.n
-
-
-class _Clock:
-    def __init__(self):
-        self.t: list[float] = []
-
-    def on_step_end(self, engine, model, step):
-        self.t.append(time.perf_counter())  # the engine reads the loss each step: synced
 
 
 def peak_flops(device: torch.device, override: float | None) -> tuple[float, str]:
@@ -111,10 +95,10 @@ def main() -> None:
                                             "tensorboard": False, "progress": False,
                                             "log_every": 10})
     torch.manual_seed(0)
-    model = lm_model.build_model(cfg.lm, _Vocab(vocab))
+    model = lm_model.build_model(cfg.lm, lm_model.VocabSpec(vocab))
     flops_tok = lm_model.flops_per_token(model, context)
     params = lm_model.count_parameters(model)
-    clock = _Clock()
+    clock = StepClock()
     with tempfile.TemporaryDirectory() as run_dir:
         engine = Engine(trainer, run_dir, seed=0)
         device = engine.accelerator.device
@@ -125,8 +109,7 @@ def main() -> None:
         engine.fit(model, tok_data.TokenChunks(tokens, context), lm_loss, optim=cfg.optim,
                    collate_fn=tok_data.TokenChunks.collate, callbacks=[clock])
         total = time.perf_counter() - t0
-    t = clock.t
-    rate = (len(t) - args.warmup) * tokens_per_step / (t[-1] - t[args.warmup - 1])
+    rate = steady_rate(clock, args.warmup, tokens_per_step)
     achieved = rate * flops_tok
     peak, peak_src = peak_flops(device, args.peak_tflops)
     print(f"device: {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}; "

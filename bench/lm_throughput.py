@@ -44,18 +44,6 @@ VARIANTS = {  # trainer overrides of the workbench side
 TINY = ["lm.n_layer=2", "lm.n_embd=32", "lm.n_head=2", "lm.context=32", "trainer.batch_size=8"]
 
 
-class _Vocab:
-    """Stand-in tokenizer for synthetic tokens (the model config reads these)."""
-
-    bos_token_id = eos_token_id = 0
-    pad_token_id = 1
-
-    def __init__(self, n: int):
-        self.n = n
-
-    def __len__(self) -> int:
-        return self.n
-
 
 def matmul_peak(precision: str, n: int, seconds: float = 1.0) -> float:
     """Best FLOP/s of an n x n x n matrix product over about ``seconds``.
@@ -103,10 +91,10 @@ def token_data(cfg, synthetic: bool, n_tokens: int) -> tuple[np.ndarray, int, st
 
 def fresh_model(cfg, vocab: int) -> torch.nn.Module:
     torch.manual_seed(0)
-    return lm_model.build_model(cfg.lm, _Vocab(vocab))
+    return lm_model.build_model(cfg.lm, lm_model.VocabSpec(vocab))
 
 
-class _Clock:
+class StepClock:
     """Wall-clock time at the end of each optimizer step."""
 
     def __init__(self):
@@ -116,7 +104,7 @@ class _Clock:
         self.t.append(time.perf_counter())
 
 
-def steady_rate(clock: _Clock, warmup: int, tokens_per_step: int) -> float:
+def steady_rate(clock: StepClock, warmup: int, tokens_per_step: int) -> float:
     t = clock.t
     return (len(t) - warmup) * tokens_per_step / (t[-1] - t[warmup - 1])
 
@@ -128,7 +116,7 @@ def run_workbench(cfg, tokens, vocab, steps, warmup, overrides: dict) -> float:
                                             "eval_every": 0, "checkpoint_every": 0,
                                             **overrides})
     model = fresh_model(cfg, vocab)
-    clock = _Clock()
+    clock = StepClock()
     with tempfile.TemporaryDirectory() as run_dir:
         engine = Engine(trainer, run_dir, seed=0)
         engine.fit(model, tok_data.TokenChunks(tokens, context), lm_loss, optim=cfg.optim,
@@ -154,7 +142,7 @@ def run_hf_trainer(cfg, tokens, vocab, steps, warmup, precision: str) -> float:
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
     context, bs = int(cfg.lm.context), int(cfg.trainer.batch_size)
-    clock = _Clock()
+    clock = StepClock()
 
     class Clock(TrainerCallback):
         def on_step_end(self, args, state, control, **kw):

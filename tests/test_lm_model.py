@@ -10,34 +10,20 @@ from biomed.errors import ConfigError, InputError
 from biomed.lm import model as lm_model
 from biomed.lm.train import make_model
 
-
-class Tok:
-    """The tokenizer attributes the model config reads."""
-
-    bos_token_id = eos_token_id = 0
-    pad_token_id = 1
-
-    def __init__(self, n=300):
-        self.n = n
-
-    def __len__(self):
-        return self.n
-
-
 LM = {"context": 16, "n_layer": 2, "n_embd": 32, "n_head": 4}
 
 
 def test_gpt2_with_sdpa_tied_embeddings_and_special_ids():
-    m = lm_model.build_model(OmegaConf.create(LM), Tok())
+    m = lm_model.build_model(OmegaConf.create(LM), lm_model.VocabSpec(300))
     assert type(m).__name__ == "GPT2LMHeadModel" and m.config._attn_implementation == "sdpa"
     assert m.get_output_embeddings().weight is m.get_input_embeddings().weight
     assert (m.config.vocab_size, m.config.n_positions, m.config.pad_token_id) == (300, 16, 1)
     with pytest.raises(ConfigError, match="multiple of n_head"):
-        lm_model.gpt2_config({**LM, "n_head": 5}, Tok())
+        lm_model.gpt2_config({**LM, "n_head": 5}, lm_model.VocabSpec(300))
 
 
 def test_parameter_and_flop_counts_follow_the_formulas():
-    m = lm_model.build_model(OmegaConf.create(LM), Tok())
+    m = lm_model.build_model(OmegaConf.create(LM), lm_model.VocabSpec(300))
     d, n_layer, vocab, ctx = 32, 2, 300, 16
     per_layer = 12 * d * d + 13 * d  # attention and MLP matrices, biases, two LayerNorms
     counts = lm_model.count_parameters(m)
@@ -49,8 +35,8 @@ def test_parameter_and_flop_counts_follow_the_formulas():
 
 def test_vocabulary_padding_for_tensor_cores():
     lm = OmegaConf.create({**LM, "pad_vocab_multiple": 64, "tokenizer": {"vocab_size": 300}})
-    assert make_model(lm, Tok()).config.vocab_size == 320
-    assert make_model(OmegaConf.create(LM), Tok()).config.vocab_size == 300
+    assert make_model(lm, lm_model.VocabSpec(300)).config.vocab_size == 320
+    assert make_model(OmegaConf.create(LM), lm_model.VocabSpec(300)).config.vocab_size == 300
 
 
 def test_model_dir_from_run_folder_or_model_folder(tmp_path):

@@ -173,16 +173,9 @@ def test_the_tiny_preset_is_the_sized_cpu_default():
     assert cfg.trainer.mixed_precision == "auto" and cfg.lm.tokenizer.vocab_size == 8192
     from transformers import GPT2LMHeadModel
 
-    from biomed.lm.model import count_parameters, gpt2_config
+    from biomed.lm.model import VocabSpec, count_parameters, gpt2_config
 
-    class Tok:
-        bos_token_id = eos_token_id = 0
-        pad_token_id = 1
-
-        def __len__(self):
-            return 8192
-
-    n = count_parameters(GPT2LMHeadModel(gpt2_config(cfg.lm, Tok())))
+    n = count_parameters(GPT2LMHeadModel(gpt2_config(cfg.lm, VocabSpec(8192))))
     assert 1.5e6 < n["total"] < 2.5e6  # the size argued in conf/lm/tiny.yaml
 
 

@@ -64,6 +64,7 @@ from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 
 from biomed.errors import ConfigError, InputError
+from biomed.outpaths import check_creatable
 
 METHOD_NAME = "biomed PS3.15 Annex E Basic Profile (allowlist)"
 
@@ -234,17 +235,7 @@ def check_key_file(path: str | Path) -> None:
     if path.exists():
         _read_key(path)
         return
-    if path.is_symlink():
-        raise InputError(path, "key file is a broken symbolic link")
-    parent = path.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        raise InputError(path, f"cannot create the de-identification key file: {parent} is not "
-                         "a folder")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise InputError(path, f"cannot create the de-identification key file: {parent} is not "
-                         "writable")
+    check_creatable(path, "the de-identification key file")
 
 
 def _read_key(path: Path) -> bytes:

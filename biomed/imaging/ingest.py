@@ -48,6 +48,7 @@ from biomed.errors import ConfigError, InputError
 from biomed.imaging import deid as deid_mod
 from biomed.imaging.dicom import ReadOptions, dataset_to_image, read_dataset
 from biomed.imaging.pixels import to_uint16
+from biomed.outpaths import check_creatable
 
 MANIFEST = "manifest.csv"
 ERRORS = "errors.csv"
@@ -295,15 +296,7 @@ def _check_out_dir(out: Path) -> None:
         if not os.access(out, os.W_OK | os.X_OK):
             raise InputError(out, "OUT_DIR is not writable")
         return
-    if out.is_symlink():
-        raise InputError(out, "OUT_DIR is a broken symbolic link")
-    parent = out.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        raise InputError(out, f"cannot create OUT_DIR: {parent} is not a folder")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise InputError(out, f"cannot create OUT_DIR: {parent} is not writable")
+    check_creatable(out, "OUT_DIR")
 
 
 def _make_out_dir(out: Path) -> list[Path]:

@@ -21,6 +21,20 @@ from biomed.errors import ConfigError, InputError
 MODEL_SUBDIR = "model"
 
 
+class VocabSpec:
+    """What the model config reads of a tokenizer, for models on synthetic tokens (benchmarks,
+    tests): a vocabulary size and the special ids (0: end of text, 1: padding)."""
+
+    bos_token_id = eos_token_id = 0
+    pad_token_id = 1
+
+    def __init__(self, size: int):
+        self.size = size
+
+    def __len__(self) -> int:
+        return self.size
+
+
 def gpt2_config(lm: DictConfig | dict, tokenizer):
     """A ``GPT2Config`` from the ``lm`` group and the tokenizer's vocabulary and special ids."""
     from transformers import GPT2Config
