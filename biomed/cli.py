@@ -23,6 +23,17 @@ EXPERIMENTS: dict[str, tuple[str, str]] = {
     "evaluate-lm": ("biomed.lm.evaluate",
                     "validation perplexity and multiple-choice accuracy of a causal LM"),
     "generate-text": ("biomed.lm.generate", "sample text from a causal LM (samples.jsonl)"),
+    "train-classifier": ("biomed.imaging.classifier",
+                         "train a multi-label chest X-ray classifier (classifier/)"),
+    "predict": ("biomed.imaging.predict",
+                "per-finding probabilities from a classifier or CLIP (predictions.csv)"),
+    "train-clip": ("biomed.imaging.clip", "train a CXR-CLIP on image-report pairs (clip/)"),
+    "train-diffusion": ("biomed.imaging.diffusion.train",
+                        "train a text-to-X-ray latent diffusion model (pipeline/)"),
+    "generate": ("biomed.imaging.diffusion.sample",
+                 "sample synthetic X-rays from report text, with provenance (samples/)"),
+    "evaluate-generation": ("biomed.imaging.diffusion.evaluate",
+                            "FID, diversity, CLIP score and prompt fidelity of a generator"),
 }
 
 # name -> (module:function taking argv, one line of help)
@@ -33,6 +44,8 @@ TOOLS: dict[str, tuple[str, str]] = {
               "inspect DICOM files; de-identify and ingest a DICOM folder"),
     "pubmed": ("biomed.lm.corpus:pubmed_main",
                "extract PubMed baseline/update XML into a JSONL corpus"),
+    "phantom": ("biomed.imaging.phantom:phantom_main",
+                "render phantom chest X-rays from findings; the grid of every finding"),
     "runs": ("biomed.cli:runs_main", "list runs under outputs/ with status and key metrics"),
 }
 
