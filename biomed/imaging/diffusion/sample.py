@@ -1,0 +1,557 @@
+"""`biomed generate`: synthetic chest X-rays sampled from report text, each carrying provenance.
+
+A saved ``pipeline/`` (``StableDiffusionPipeline.save_pretrained``: a one-channel VAE for the tiny
+model, a three-channel one for Stable Diffusion fine-tunes) is loaded with diffusers alone, its
+UNet run with the chosen scheduler (default DPM-Solver++, 20 steps, guidance 4 as RoentGen
+sampled) to latents, which the VAE decodes here: the decoder output in [-1, 1] becomes the
+workbench's single-channel float32 in [0, 1] (a three-channel decoder's channels are averaged).
+
+Divergence guard. A few DPM-Solver++ samples of a tiny model at guidance 3 have been seen to blow
+up into noise. Prevention: the solver's predicted clean latent is clipped at every step to
+``latent_clip`` standard deviations (the VAE's ``scaling_factor`` makes latents unit-variance; the
+DPM-Solver++ paper's thresholding, but clip-only, since dividing by the percentile as Imagen's
+dynamic thresholding does would shrink legitimate latents), the last step is first order
+(``lower_order_final``, ``euler_at_final``) down to sigma zero, and the decoded image is clipped.
+Detection: a sample is flagged ``diverged`` when its decoded image is non-finite or looks like
+noise (see :func:`noise_scores`); the manifest records it and ``metrics.json`` counts it.
+
+Seeds: image ``k`` of prompt ``p`` gets its own seed from ``(seed, p, k)`` (:func:`image_seed`)
+and its own generator, so any image can be regenerated alone from its manifest line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import json
+import logging
+import re
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from biomed import runs
+from biomed.errors import ConfigError, InputError
+from biomed.hydra_app import hydra_app
+
+SCHEDULERS = ("dpmpp", "ddim", "ddpm")
+LATENT_CLIP = 4.0  # in latent standard deviations: beyond 99.99 % of a unit Gaussian
+# loggers that warn per batch about long prompts (we warn once per call instead)
+_TRUNCATION_LOGGERS = ("diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion",
+                       "transformers.tokenization_utils_base")
+
+# noise detector (see noise_scores / flag_diverged)
+NOISE_SCORE = 0.75  # white noise scores 1.0, smooth radiographs well under 0.2
+RELATIVE_FACTOR = 3.0  # ... or this many times the batch median,
+RELATIVE_FLOOR = 0.25  # ... and above this
+_AMPLITUDE = 0.02  # images with a smaller standard deviation (in [0, 1] units) score low
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def resolve_pipeline_dir(model_dir: str | Path) -> Path:
+    """The pipeline folder of ``model_dir``: the folder itself or its ``pipeline/`` subfolder."""
+    path = Path(str(model_dir)).expanduser()
+    if not path.exists():
+        raise InputError(path, "no such model folder")
+    if not path.is_dir():
+        raise InputError(path, "not a folder (give a train-diffusion run folder or its pipeline/)")
+    for candidate in (path, path / "pipeline"):
+        if (candidate / "model_index.json").is_file():
+            return candidate
+    raise InputError(path, "not a diffusers pipeline folder (no model_index.json in it or in its "
+                           "pipeline/ subfolder)")
+
+
+def pick_device(name: str | None) -> torch.device:
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if str(name).startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("device=cuda but no CUDA device is visible")
+    return torch.device(str(name))
+
+
+def pick_dtype(name: str | None, device: torch.device) -> torch.dtype:
+    if name in (None, "auto"):
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    try:
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16,
+                "float16": torch.float16}[str(name)]
+    except KeyError:
+        raise ConfigError(f"dtype {name!r}: auto, float32, bfloat16 or float16") from None
+
+
+def weights_sha256(folder: Path) -> str:
+    """One sha256 over the pipeline's weight files (UNet, text encoder, VAE): the model's id."""
+    digest = hashlib.sha256()
+    files = sorted(p for sub in ("unet", "text_encoder", "vae") for p in (folder / sub).glob("*")
+                   if p.suffix in (".safetensors", ".bin"))
+    for p in files:
+        h = hashlib.sha256()
+        with p.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                h.update(block)
+        digest.update(f"{p.relative_to(folder).as_posix()}\0{h.hexdigest()}\n".encode())
+    return digest.hexdigest()
+
+
+def model_id_of(folder: Path) -> str:
+    """``<pipeline path> [preset <name>] weights-sha256:<16 hex>``: where the weights live, the
+    train-diffusion preset recorded in ``biomed.json`` when there is one, and what they are."""
+    parts = [str(folder)]
+    try:
+        preset = json.loads((folder / "biomed.json").read_text()).get("preset")
+    except (OSError, ValueError, AttributeError):
+        preset = None
+    if preset:
+        parts.append(f"preset {preset}")
+    parts.append(f"weights-sha256:{weights_sha256(folder)[:16]}")
+    return " ".join(parts)
+
+
+@dataclass
+class LoadedPipeline:
+    """A loaded pipeline, where it came from, and the scheduler config it was saved with."""
+
+    pipe: Any  # diffusers.StableDiffusionPipeline
+    folder: Path | None
+    model_id: str
+    scheduler_config: dict = field(default_factory=dict)
+
+
+def load_pipeline(model_dir: str | Path, device: str | None = None,
+                  dtype: str | None = None) -> LoadedPipeline:
+    """Load (once per folder, device and dtype: cached) a saved pipeline for sampling."""
+    folder = resolve_pipeline_dir(model_dir).resolve()
+    dev = pick_device(device)
+    stamp = max((p.stat().st_mtime_ns for p in folder.glob("*/*") if p.is_file()), default=0)
+    return _load_cached(str(folder), str(dev), pick_dtype(dtype, dev), stamp)
+
+
+@functools.lru_cache(maxsize=2)
+def _load_cached(folder: str, device: str, dtype: torch.dtype, _stamp: int) -> LoadedPipeline:
+    from diffusers import StableDiffusionPipeline
+
+    try:
+        pipe = StableDiffusionPipeline.from_pretrained(
+            folder, dtype=dtype, safety_checker=None, feature_extractor=None,
+            requires_safety_checker=False)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError,
+            json.JSONDecodeError) as e:
+        reason = " ".join(str(e).split())[:300]
+        raise InputError(folder, f"cannot load it as a StableDiffusionPipeline ({reason})") \
+            from None
+    missing = [n for n in ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+               if getattr(pipe, n, None) is None]
+    if missing:
+        raise InputError(folder, f"pipeline lacks {', '.join(missing)}")
+    pipe = pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return LoadedPipeline(pipe, Path(folder), model_id_of(Path(folder)),
+                          dict(pipe.scheduler.config))
+
+
+def _as_loaded(pipe_or_dir: Any, device: str | None) -> LoadedPipeline:
+    if isinstance(pipe_or_dir, LoadedPipeline):
+        return pipe_or_dir
+    if isinstance(pipe_or_dir, str | Path):
+        return load_pipeline(pipe_or_dir, device)
+    pipe = pipe_or_dir  # an in-memory pipeline (training's validation, tests)
+    cfg = getattr(pipe, "_biomed_scheduler_config", None)
+    if cfg is None:  # remember the original: make_scheduler replaces pipe.scheduler
+        cfg = pipe._biomed_scheduler_config = dict(pipe.scheduler.config)
+    name = getattr(pipe, "name_or_path", None) or type(pipe).__name__
+    return LoadedPipeline(pipe, None, f"{name} (in memory)", cfg)
+
+
+# ---------------------------------------------------------------------------------------------
+# Schedulers
+
+
+@functools.cache
+def _clip_only_dpmpp():
+    from diffusers import DPMSolverMultistepScheduler
+
+    class ClippedDPMSolverMultistepScheduler(DPMSolverMultistepScheduler):
+        """DPM-Solver++ whose thresholding clips the predicted clean latent to
+        ``[-sample_max_value, sample_max_value]`` without Imagen's division by the percentile
+        (made for pixels in [-1, 1]; latents have unit variance and legitimately exceed 1)."""
+
+        def _threshold_sample(self, sample: torch.Tensor) -> torch.Tensor:
+            bound = float(self.config.sample_max_value)
+            return sample.clamp(-bound, bound)
+
+    return ClippedDPMSolverMultistepScheduler
+
+
+def make_scheduler(name: str, base_config: dict, latent_clip: float | None = LATENT_CLIP):
+    """A sampling scheduler built from the saved scheduler config (betas, prediction type).
+
+    ``dpmpp``: DPM-Solver++ (2nd order, multistep) ending with a first-order step to sigma 0;
+    ``ddim``: deterministic DDIM; ``ddpm``: ancestral DDPM (RoentGen's training scheduler; give it
+    ``steps=1000``). ``latent_clip``: clip each step's predicted clean latent to this many
+    standard deviations (None: no clipping).
+    """
+    from diffusers import DDIMScheduler, DDPMScheduler
+
+    clip = latent_clip is not None and latent_clip > 0
+    bound = float(latent_clip) if clip else 1.0
+    if name == "dpmpp":
+        return _clip_only_dpmpp().from_config(
+            base_config, algorithm_type="dpmsolver++", solver_order=2, lower_order_final=True,
+            euler_at_final=True, final_sigmas_type="zero", thresholding=clip,
+            sample_max_value=bound, use_karras_sigmas=False)
+    if name in ("ddim", "ddpm"):
+        cls = DDIMScheduler if name == "ddim" else DDPMScheduler
+        # diffusers' default clip_sample=True clips to [-1, 1], wrong for latents: be explicit
+        return cls.from_config(base_config, clip_sample=clip, clip_sample_range=bound,
+                               thresholding=False)
+    raise ConfigError(f"scheduler={name!r}: one of {', '.join(SCHEDULERS)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Seeds and divergence
+
+
+def image_seed(seed: int, prompt_index: int, k: int) -> int:
+    """The seed of image ``k`` of prompt ``prompt_index`` in a run with ``seed`` (32-bit)."""
+    if min(seed, prompt_index, k) < 0:
+        raise ConfigError(f"seed {seed}: seeds must be >= 0")
+    return int(np.random.SeedSequence([seed, prompt_index, k]).generate_state(1)[0])
+
+
+def noise_scores(images: np.ndarray) -> np.ndarray:
+    """How much each image (N x H x W) looks like white noise: the energy of neighbour
+    differences over what white noise of the same variance would have (4 var). White noise
+    scores about 1, a one-pixel checkerboard 2, smooth images near 0; images whose standard
+    deviation is below ``_AMPLITUDE`` are damped towards 0. Non-finite images score inf."""
+    x = np.asarray(images, dtype=np.float64)
+    if x.ndim == 2:
+        x = x[None]
+    out = np.full(len(x), np.inf)
+    for i, img in enumerate(x):
+        if not np.isfinite(img).all():
+            continue
+        hf = np.mean(np.diff(img, axis=0) ** 2) + np.mean(np.diff(img, axis=1) ** 2)
+        out[i] = hf / (4.0 * (img.var() + _AMPLITUDE ** 2))
+    return out
+
+
+def flag_from_scores(scores: np.ndarray, *, noise_score: float = NOISE_SCORE,
+                     factor: float = RELATIVE_FACTOR,
+                     floor: float = RELATIVE_FLOOR) -> np.ndarray:
+    """Diverged: non-finite, or noise-like in itself (>= ``noise_score``), or much noisier than
+    the batch (> ``factor`` x the median of the finite scores, and above ``floor``)."""
+    s = np.asarray(scores, dtype=np.float64)
+    finite = np.isfinite(s)
+    median = float(np.median(s[finite])) if finite.any() else 0.0
+    return ~finite | (s >= noise_score) | ((s > floor) & (s > factor * median))
+
+
+def flag_diverged(images: np.ndarray, **kwargs) -> np.ndarray:
+    """Per-image diverged flags of decoded images (N x H x W, [0, 1] scale, unclipped)."""
+    return flag_from_scores(noise_scores(images), **kwargs)
+
+
+def finish_images(raw: np.ndarray) -> np.ndarray:
+    """Decoded images into the pixel convention: non-finite pixels to 0, clipped to [0, 1]."""
+    return np.clip(np.nan_to_num(raw, nan=0.0, posinf=1.0, neginf=0.0), 0.0, 1.0) \
+        .astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampling
+
+
+def count_truncated(tokenizer, prompts: list[str]) -> int:
+    """How many prompts are longer than the tokenizer's ``model_max_length`` (special tokens
+    included): the pipeline truncates them, as training did."""
+    limit = int(tokenizer.model_max_length)
+    ids = tokenizer(list(prompts), truncation=False, padding=False, verbose=False)["input_ids"]
+    return sum(len(i) > limit for i in ids)
+
+
+@contextlib.contextmanager
+def _quiet_pipeline():
+    """Silence the per-batch truncation warnings of diffusers and transformers."""
+    loggers = [logging.getLogger(name) for name in _TRUNCATION_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+def decode_latents(pipe, latents: torch.Tensor) -> np.ndarray:
+    """VAE-decode latents to N x H x W float32 on the [0, 1] scale, unclipped (a one-channel VAE
+    as is; a three-channel one averaged over channels)."""
+    vae = pipe.vae
+    latents = latents.to(vae.device, vae.dtype) / vae.config.scaling_factor
+    shift = getattr(vae.config, "shift_factor", None)
+    if shift:
+        latents = latents + shift
+    with torch.inference_mode():
+        img = vae.decode(latents, return_dict=False)[0]  # B x C x H x W, about [-1, 1]
+    img = img.float().mean(dim=1)
+    return ((img + 1.0) / 2.0).cpu().numpy()
+
+
+def sample_batch(loaded: LoadedPipeline, prompts: list[str], seeds: list[int], *,
+                 scheduler: str = "dpmpp", steps: int = 20, guidance: float = 4.0,
+                 latent_clip: float | None = LATENT_CLIP, height: int | None = None,
+                 width: int | None = None) -> np.ndarray:
+    """One batch: raw decoded images (N x H x W, [0, 1] scale, unclipped, maybe non-finite)."""
+    pipe = loaded.pipe
+    pipe.scheduler = make_scheduler(scheduler, loaded.scheduler_config, latent_clip)
+    # one CPU generator per image: the same noise on any device and in any batch
+    generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
+    with _quiet_pipeline():
+        latents = pipe(prompt=list(prompts), num_inference_steps=int(steps),
+                       guidance_scale=float(guidance), generator=generators,
+                       output_type="latent", height=height, width=width).images
+    return decode_latents(pipe, latents)
+
+
+def _check_sampling(scheduler: str, steps: int, guidance: float, batch_size: int) -> None:
+    if scheduler not in SCHEDULERS:
+        raise ConfigError(f"scheduler={scheduler!r}: one of {', '.join(SCHEDULERS)}")
+    if int(steps) < 1 or int(batch_size) < 1:
+        raise ConfigError(f"steps={steps} and batch_size={batch_size} must be >= 1")
+    if not np.isfinite(guidance) or guidance < 0:
+        raise ConfigError(f"guidance={guidance} must be a finite number >= 0")
+
+
+class Samples(NamedTuple):
+    """What `generate_images` returns; unpacks as ``images, diverged = ...``."""
+
+    images: np.ndarray  # N x H x W float32 in [0, 1]
+    diverged: np.ndarray  # N bool
+
+
+def generate_images(pipe_or_dir: Any, prompts: list[str], seeds: list[int], *,
+                    scheduler: str = "dpmpp", steps: int = 20, guidance: float = 4.0,
+                    batch_size: int = 8, device: str | None = None,
+                    latent_clip: float | None = LATENT_CLIP, height: int | None = None,
+                    width: int | None = None) -> Samples:
+    """Sample one image per (prompt, seed) pair, in batches; for in-process callers (evaluation,
+    augmentation). ``pipe_or_dir``: a pipeline folder or run folder (loaded once and cached), a
+    :class:`LoadedPipeline` or a ``StableDiffusionPipeline``; ``device`` applies to folders (auto:
+    CUDA in bfloat16 when there is one, else CPU in float32). Returns ``(images, diverged)``."""
+    if len(prompts) != len(seeds):
+        raise ConfigError(f"{len(prompts)} prompts but {len(seeds)} seeds")
+    _check_sampling(scheduler, steps, guidance, batch_size)
+    loaded = _as_loaded(pipe_or_dir, device)
+    prompts = [str(p) for p in prompts]
+    _warn_truncated(loaded.pipe.tokenizer, prompts)
+    raw = [sample_batch(loaded, prompts[i:i + batch_size], seeds[i:i + batch_size],
+                        scheduler=scheduler, steps=steps, guidance=guidance,
+                        latent_clip=latent_clip, height=height, width=width)
+           for i in range(0, len(prompts), batch_size)]
+    if not raw:
+        return Samples(np.zeros((0, 0, 0), np.float32), np.zeros(0, bool))
+    images = np.concatenate(raw)
+    return Samples(finish_images(images), flag_diverged(images))
+
+
+def _warn_truncated(tokenizer, prompts: list[str]) -> int:
+    n = count_truncated(tokenizer, prompts)
+    if n:
+        warnings.warn(f"{n} of {len(prompts)} prompt(s) exceed the tokenizer's "
+                      f"{tokenizer.model_max_length} tokens and are truncated, as in training",
+                      stacklevel=3)
+    return n
+
+
+# ---------------------------------------------------------------------------------------------
+# Prompts
+
+
+@dataclass
+class Prompt:
+    """One prompt: its id (names the image files), text, and labels carried to the manifest."""
+
+    id: str
+    prompt: str
+    labels: Any = None
+
+
+def _safe_id(raw: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", raw).strip("_")[:80] or "prompt"
+
+
+def read_prompts(prompt: str | None, prompts_file: str | None) -> list[Prompt]:
+    """Prompts from ``prompts_file`` (one per line, or JSON lines with ``prompt`` and optional
+    ``id`` and ``labels``) or else the single ``prompt``."""
+    if not prompts_file:
+        if prompt is None or str(prompt) == "":
+            raise ConfigError("give prompt=... or prompts_file=...")
+        return [Prompt("p0000", str(prompt))]
+    path = Path(str(prompts_file)).expanduser()
+    if not path.is_file():
+        raise InputError(path, "no such prompts file")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise InputError(path, f"not UTF-8 text ({e.reason} at byte {e.start})") from None
+    out: list[Prompt] = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        pid = f"p{len(out):04d}"
+        if line.lstrip().startswith("{"):
+            try:
+                rec = json.loads(line)
+                text = rec["prompt"]
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise InputError(path, f"line {n}: a JSON line needs a \"prompt\" ({e})") \
+                    from None
+            if not isinstance(text, str):
+                raise InputError(path, f"line {n}: \"prompt\" must be a string")
+            out.append(Prompt(_safe_id(str(rec.get("id", pid))), text, rec.get("labels")))
+        else:
+            out.append(Prompt(pid, line.strip()))
+    if not out:
+        raise InputError(path, "no prompts (the file is empty)")
+    seen: set[str] = set()
+    for p in out:
+        if p.id in seen:
+            raise InputError(path, f"prompt id {p.id!r} repeats (ids name the image files)")
+        seen.add(p.id)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Outputs
+
+
+def contact_sheet(images: list[np.ndarray], cols: int | None = None, gap: int = 2) -> np.ndarray:
+    """Tile same-size images into one image, ``cols`` per row, separated by mid-gray gaps."""
+    if not images:
+        raise ValueError("no images for a contact sheet")
+    h, w = images[0].shape
+    cols = cols or int(np.ceil(np.sqrt(len(images))))
+    rows = int(np.ceil(len(images) / cols))
+    sheet = np.full((rows * h + (rows - 1) * gap, cols * w + (cols - 1) * gap), 0.5, np.float32)
+    for i, img in enumerate(images):
+        r, c = divmod(i, cols)
+        sheet[r * (h + gap):r * (h + gap) + h, c * (w + gap):c * (w + gap) + w] = img
+    return sheet
+
+
+def _write_image(run_dir: Path, name: str, img: np.ndarray, meta: dict, dicom: bool) -> dict:
+    from biomed.imaging.dicom_write import write_synthetic_dicom
+    from biomed.imaging.pixels import write_png16
+
+    text = {"synthetic": "true", "model_id": meta["model_id"], "prompt": meta["prompt"],
+            "seed": str(meta["seed"]), "steps": str(meta["steps"]),
+            "guidance": f"{meta['guidance']:g}", "scheduler": meta["scheduler"],
+            "software": "biomed generate"}
+    files = {"file": f"samples/{name}.png"}
+    write_png16(run_dir / files["file"], img, text=text)
+    if dicom:
+        files["dicom"] = f"samples/{name}.dcm"
+        write_synthetic_dicom(run_dir / files["dicom"], img, model_id=meta["model_id"],
+                              prompt=meta["prompt"], seed=meta["seed"], steps=meta["steps"],
+                              guidance=meta["guidance"])
+    return files
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, disable=not enabled, unit="img", desc="generate")
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Sample ``n`` images per prompt (``conf/generate.yaml``) into ``samples/``, with
+    ``manifest.jsonl`` and ``metrics.json``."""
+    prompts = read_prompts(cfg.get("prompt"), cfg.get("prompts_file"))
+    n, seed = int(cfg.n), int(cfg.seed)
+    scheduler, steps, guidance = str(cfg.scheduler), int(cfg.steps), float(cfg.guidance)
+    batch_size = int(cfg.batch_size)
+    _check_sampling(scheduler, steps, guidance, batch_size)
+    if n < 1 or seed < 0:
+        raise ConfigError(f"n={n} must be >= 1 and seed={seed} >= 0")
+    folder = resolve_pipeline_dir(cfg.model_dir)
+    data_files = [cfg.prompts_file] if cfg.get("prompts_file") else []
+    with runs.experiment(cfg, data_files) as run_dir:
+        if cfg.get("threads"):
+            torch.set_num_threads(int(cfg.threads))
+        loaded = load_pipeline(folder, cfg.get("device"), cfg.get("dtype"))
+        jobs = [(p_i, p, k, image_seed(seed, p_i, k)) for p_i, p in enumerate(prompts)
+                for k in range(n)]
+        truncated = _warn_truncated(loaded.pipe.tokenizer, [p.prompt for p in prompts])
+        lines, scores, first = [], [], []
+        bar = _progress(len(jobs), bool(cfg.get("progress", True)))
+        t_start = time.perf_counter()
+        for b in range(0, len(jobs), batch_size):
+            batch = jobs[b:b + batch_size]
+            t0 = time.perf_counter()
+            raw = sample_batch(loaded, [j[1].prompt for j in batch], [j[3] for j in batch],
+                               scheduler=scheduler, steps=steps, guidance=guidance,
+                               latent_clip=cfg.get("latent_clip"))
+            seconds = (time.perf_counter() - t0) / len(batch)
+            scores.extend(noise_scores(raw).tolist())
+            images = finish_images(raw)
+            for (p_i, p, k, s), img in zip(batch, images, strict=True):
+                meta = {"prompt": p.prompt, "prompt_id": p.id, "prompt_index": p_i, "k": k,
+                        "seed": s, "base_seed": seed, "steps": steps, "guidance": guidance,
+                        "scheduler": scheduler, "model_id": loaded.model_id,
+                        "model_dir": str(loaded.folder), "seconds": seconds}
+                if p.labels is not None:
+                    meta["labels"] = p.labels
+                files = _write_image(run_dir, f"{p.id}_{k}", img, meta, bool(cfg.dicom))
+                lines.append({**files, **meta})
+                if len(first) < int(cfg.grid):
+                    first.append(img)
+            bar.update(len(batch))
+        bar.close()
+        total = time.perf_counter() - t_start
+        diverged = flag_from_scores(np.array(scores))
+        with (run_dir / "manifest.jsonl").open("w", encoding="utf-8") as f:
+            for line, flag, score in zip(lines, diverged, scores, strict=True):
+                line.update(diverged=bool(flag), noise_score=_json_float(score))
+                f.write(json.dumps(line, ensure_ascii=False) + "\n")
+        grid = None
+        if first:
+            from biomed.imaging.pixels import write_png16
+
+            grid = write_png16(run_dir / "samples" / "grid.png",
+                               contact_sheet(first, cols=min(n, 8) if n > 1 else None),
+                               text={"synthetic": "true", "model_id": loaded.model_id,
+                                     "contents": f"the first {len(first)} samples"})
+        metrics = {"count": len(lines), "prompts": len(prompts), "n": n, "seconds": total,
+                   "images_per_s": len(lines) / total if total > 0 else None,
+                   "diverged": int(diverged.sum()),
+                   "diverged_files": [ln["file"] for ln in lines if ln["diverged"]],
+                   "truncated_prompts": truncated, "scheduler": scheduler, "steps": steps,
+                   "guidance": guidance, "model_id": loaded.model_id,
+                   "model_dir": str(loaded.folder), "manifest": str(run_dir / "manifest.jsonl"),
+                   "grid": str(grid) if grid else None,
+                   "key_metrics": ["count", "images_per_s", "diverged"]}
+        runs.finish_run(run_dir, metrics)
+    print(f"generate: {len(lines)} image(s) from {len(prompts)} prompt(s), "
+          f"{metrics['diverged']} flagged diverged, in {total:.1f} s; {run_dir / 'samples'}")
+    return metrics
+
+
+def _json_float(x: float) -> float | None:
+    return float(x) if np.isfinite(x) else None
+
+
+main = hydra_app("generate")(run)
+
+if __name__ == "__main__":
+    main()
