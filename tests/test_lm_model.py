@@ -62,3 +62,39 @@ def test_model_card_states_data_terms_and_intended_use():
     for text in ("pubmed20n0014.xml.gz", "ab12", "Courtesy of the U.S. National Library of "
                  "Medicine", "Research only", "Not for clinical use", "| val_ppl | 12.5 |"):
         assert text in card
+
+
+@pytest.mark.parametrize("chunk", [7, 1024])
+def test_fused_linear_cross_entropy_matches_the_plain_loss_and_gradients(chunk):
+    from biomed.lm.fused_loss import linear_cross_entropy
+
+    torch.manual_seed(0)
+    h = torch.randn(50, 16, requires_grad=True)
+    w = torch.randn(300, 16, requires_grad=True)
+    t = torch.randint(0, 300, (50,))
+    plain = torch.nn.functional.cross_entropy(h @ w.T, t)
+    gh, gw = torch.autograd.grad(2.0 * plain, (h, w))
+    fused = linear_cross_entropy(h, w, t, chunk=chunk)
+    fh, fw = torch.autograd.grad(2.0 * fused, (h, w))
+    assert torch.allclose(fused, plain, atol=1e-5)
+    assert torch.allclose(fh, gh, atol=1e-5) and torch.allclose(fw, gw, atol=1e-5)
+
+
+def test_lm_loss_fused_path_equals_the_logits_path():
+    from omegaconf import OmegaConf
+
+    from biomed.lm.model import VocabSpec, build_model
+    from biomed.lm.train import lm_loss
+
+    torch.manual_seed(0)
+    model = build_model(OmegaConf.create({"context": 16, "n_layer": 2, "n_embd": 32,
+                                          "n_head": 2}), VocabSpec(200))
+    batch = torch.randint(0, 200, (3, 17))
+    plain = lm_loss(model, batch, fused=False)
+    plain.backward()
+    g_plain = model.transformer.wte.weight.grad.clone()
+    model.zero_grad()
+    fused = lm_loss(model, batch)
+    fused.backward()
+    assert torch.allclose(fused, plain, atol=1e-5)
+    assert torch.allclose(model.transformer.wte.weight.grad, g_plain, atol=1e-5)

@@ -26,14 +26,44 @@ from biomed.hydra_app import hydra_app
 from biomed.lm import model as lm_model
 from biomed.lm import tokens as tok_data
 from biomed.lm.evaluate import token_nll
+from biomed.lm.fused_loss import linear_cross_entropy
 from biomed.lm.tokenizer import load_tokenizer, train_or_reuse
 
 
-def lm_loss(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy of a (B, context + 1) batch of token chunks."""
-    logits = model(input_ids=batch[:, :-1], use_cache=False).logits
-    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
-                                             batch[:, 1:].reshape(-1))
+_NO_LOGITS = torch.empty(0, dtype=torch.long)  # logits_to_keep: project no position
+
+
+def _fusable_head(model: torch.nn.Module) -> torch.nn.Linear | None:
+    """The output projection when the loss may fuse it (a bias-free linear head on a model that
+    is not sharded), else None: then the plain path computes the logits."""
+    if "FullyShardedDataParallel" in type(model).__name__:
+        return None
+    plain = getattr(model, "module", model)  # DDP
+    plain = getattr(plain, "_orig_mod", plain)  # torch.compile
+    head = plain.get_output_embeddings() if hasattr(plain, "get_output_embeddings") else None
+    if isinstance(head, torch.nn.Linear) and head.bias is None:
+        return head
+    return None
+
+
+def lm_loss(model: torch.nn.Module, batch: torch.Tensor, *, fused: bool = True) -> torch.Tensor:
+    """Mean next-token cross-entropy of a (B, context + 1) batch of token chunks.
+
+    ``fused``: the output projection and the loss are computed together in chunks of tokens
+    (`biomed.lm.fused_loss`), never holding the whole batch's logits; the model is still
+    called as a whole (so DDP's hooks and compilation see the forward pass), asked for its final
+    hidden states and no logits.
+    """
+    inputs, targets = batch[:, :-1], batch[:, 1:].reshape(-1)
+    head = _fusable_head(model) if fused else None
+    if head is None:
+        logits = model(input_ids=inputs, use_cache=False).logits
+        return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
+                                                 targets)
+    out = model(input_ids=inputs, use_cache=False, output_hidden_states=True,
+                logits_to_keep=_NO_LOGITS.to(inputs.device))
+    hidden = out.hidden_states[-1]  # after the final layer norm
+    return linear_cross_entropy(hidden.reshape(-1, hidden.shape[-1]), head.weight, targets)
 
 
 def fractions_of(cfg: DictConfig) -> tuple[float, float]:
