@@ -13,13 +13,14 @@ model FLOP/s (6 N + 6 n_layer context width per token) as a fraction of it.
 
     python bench/lm_throughput.py                          # lm=tiny, train-lm's precision
     python bench/lm_throughput.py --precision fp32         # both sides in fp32 (or bf16)
-    python bench/lm_throughput.py --variants default,compile,unfused
+    python bench/lm_throughput.py --variants default,compile,unfused,plain_loss
     python bench/lm_throughput.py --tiny                   # seconds: a smoke run of the script
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import os
 import platform
@@ -36,10 +37,11 @@ from biomed.lm import model as lm_model
 from biomed.lm import tokens as tok_data
 from biomed.lm.train import lm_loss
 
-VARIANTS = {  # trainer overrides of the workbench side
+VARIANTS = {  # trainer overrides of the workbench side ("loss": the loss function's options)
     "default": {},
     "compile": {"compile": True},
     "unfused": {"fused_optimizer": False},
+    "plain_loss": {"loss": {"fused": False}},  # whole-batch logits, as before the fused loss
 }
 TINY = ["lm.n_layer=2", "lm.n_embd=32", "lm.n_head=2", "lm.context=32", "trainer.batch_size=8"]
 
@@ -111,6 +113,8 @@ def steady_rate(clock: StepClock, warmup: int, tokens_per_step: int) -> float:
 
 def run_workbench(cfg, tokens, vocab, steps, warmup, overrides: dict) -> float:
     context, bs = int(cfg.lm.context), int(cfg.trainer.batch_size)
+    overrides = dict(overrides)
+    loss_fn = functools.partial(lm_loss, **overrides.pop("loss", {}))
     trainer = OmegaConf.merge(cfg.trainer, {"max_steps": steps, "max_time_s": None,
                                             "progress": False, "tensorboard": False,
                                             "eval_every": 0, "checkpoint_every": 0,
@@ -119,7 +123,7 @@ def run_workbench(cfg, tokens, vocab, steps, warmup, overrides: dict) -> float:
     clock = StepClock()
     with tempfile.TemporaryDirectory() as run_dir:
         engine = Engine(trainer, run_dir, seed=0)
-        engine.fit(model, tok_data.TokenChunks(tokens, context), lm_loss, optim=cfg.optim,
+        engine.fit(model, tok_data.TokenChunks(tokens, context), loss_fn, optim=cfg.optim,
                    collate_fn=tok_data.TokenChunks.collate, callbacks=[clock])
     return steady_rate(clock, warmup, bs * context)
 

@@ -6,6 +6,9 @@ Baseline: *anatomy only*, the same renderer with no findings (a normal chest: lu
 heart, mediastinum, bones, vessels, exposure, blur, noise). The ratio says what the findings
 cost on top of the anatomy. The target is >= 200 images/s at 128 px on the 2-core CPU.
 
+The dataset build renders in one process per core (`PhantomIU(workers=...)`): its rate is
+printed beside the single-process numbers, as the number the target is about.
+
 Both run on the same seeds after a warm-up that prepares every lung shape's layers (done once
 per process, shared by every later image), one image at a time, single-threaded numpy.
 
@@ -53,6 +56,19 @@ def rate(findings: list, size: int, shapes, repeats: int) -> float:
     return len(findings) / best
 
 
+def build_rate(mix: list, size: int, workers: int) -> float:
+    """Images/s of the mix rendered as `PhantomIU` builds its cache (``workers`` processes;
+    process start-up included)."""
+    from biomed.imaging.phantom_data import _rendered
+
+    jobs = [(f, 10_000 + i, size) for i, f in enumerate(mix)]
+    t0 = time.perf_counter()
+    with _rendered(phantom.render_with_info, jobs, workers) as results:
+        for _ in results:
+            pass
+    return len(jobs) / (time.perf_counter() - t0)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--n", type=int, default=300, help="images per timing at 128 px")
@@ -83,8 +99,12 @@ def main() -> None:
         full = rate(mix, size, shapes, repeats)
         print(f"{size:>6} {base:>22.1f} {full:>21.1f} {full / base:>7.2f}")
         if size == 128:
-            verdict = "meets" if full >= TARGET else "misses"
-            print(f"{'':>6} dataset mix at 128 px {verdict} the target of {TARGET:.0f} img/s")
+            procs = os.cpu_count() or 1
+            built = build_rate(mix, size, procs)
+            print(f"{'':>6} dataset build (data=phantom_iu's renderer processes: {procs}): "
+                  f"{built:.1f} img/s = {built / full:.2f}x one process")
+            verdict = "meets" if built >= TARGET else "misses"
+            print(f"{'':>6} the dataset build at 128 px {verdict} the target of {TARGET:.0f} img/s")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from omegaconf import DictConfig
 
 from biomed import runs
@@ -99,6 +100,63 @@ def _lm(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             "lm_params": trained["params"], "lm_model_dir": str(folder)}
 
 
+def _command_cfg(cfg: DictConfig, config_name: str, stage: str, run_dir: Path) -> DictConfig:
+    """A command's own shipped config, as the CLI would compose it, with the quickstart's seed,
+    its ``stage_overrides.<stage>`` list and the stage's folder as the run folder."""
+    from biomed.config import compose
+
+    extra = list(cfg.stage_overrides.get(stage) or [])
+    return compose(config_name, [f"paths.run_dir={run_dir}", f"seed={cfg.seed}",
+                                 f"paths.cache_dir={cfg.paths.cache_dir}", *extra])
+
+
+def _phantom(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """Render the paired phantom set once (every later stage reads the same cache)."""
+    from hydra.utils import instantiate
+
+    from biomed.imaging.pixels import image_grid, write_png16
+
+    data_cfg = _command_cfg(cfg, "train_classifier", "phantom", run_dir / "phantom").data
+    ds = instantiate(data_cfg, split=None)
+    out = run_dir / "phantom"
+    out.mkdir(parents=True, exist_ok=True)
+    runs.write_json(out / "stats.json", ds.stats)
+    # a contact sheet of the first renders of a few reports, with their text beside it
+    picks = list(range(0, min(len(ds), 24), 3))
+    write_png16(out / "examples.png", image_grid(np.stack([ds[i]["image"] for i in picks]), 4))
+    (out / "examples.txt").write_text("\n".join(f"{ds[i]['id']}: {ds[i]['report']}"
+                                                 for i in picks) + "\n")
+    reports = ds.stats["reports"]
+    return {"phantom_images": len(ds), "phantom_reports_included": reports["included"],
+            "phantom_reports_excluded": reports["excluded"],
+            "phantom_templates": ds.stats["templates"]}
+
+
+def _classifier(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    from biomed.imaging.classifier import train_classifier
+
+    out = run_dir / "classifier"
+    m = train_classifier(_command_cfg(cfg, "train_classifier", "classifier", out), out)
+    runs.write_json(out / "metrics.json", m)
+    return {"classifier_clear_macro_auroc": m.get("clear_macro_auroc"),
+            "classifier_macro_auroc": m.get("macro_auroc"),
+            "classifier_lr_accuracy_effusion": m.get("lr_accuracy_effusion"),
+            "classifier_lr_accuracy_pneumothorax": m.get("lr_accuracy_pneumothorax"),
+            "classifier_steps": m.get("steps"), "classifier_dir": m["classifier_dir"]}
+
+
+def _clip(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    from biomed.imaging.clip import train_clip
+
+    out = run_dir / "clip"
+    m = train_clip(_command_cfg(cfg, "train_clip", "clip", out), out)
+    runs.write_json(out / "metrics.json", m)
+    keep = [k for k in m if k.startswith(("zs_auroc_cardiomegaly", "zs_auroc_effusion",
+                                          "i2t_R@", "t2i_R@"))]
+    return {**{f"clip_{k}": m[k] for k in keep}, "clip_steps": m.get("steps"),
+            "clip_dir": m["clip_dir"]}
+
+
 STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("corpus", "PubMed XML -> corpus/pubmed.jsonl", ("corpus/pubmed.jsonl",), _corpus,
           lambda cfg: list(cfg.pubmed.files), ("pubmed",)),
@@ -107,6 +165,14 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("lm", "train the tiny PubMed LM, evaluate it, sample it -> lm/model/",
           ("lm/model/model.safetensors", "lm/samples.jsonl"), _lm, lambda cfg: [],
           ("lm_stage", "seed")),
+    Stage("phantom", "render the phantom chest X-rays paired with the IU reports (data=phantom_iu)",
+          ("phantom/stats.json",), _phantom, lambda cfg: [], ("stage_overrides", "seed")),
+    Stage("classifier", "train and evaluate the chest X-ray classifier -> classifier/",
+          ("classifier/classifier/model.safetensors",), _classifier, lambda cfg: [],
+          ("stage_overrides", "seed")),
+    Stage("clip", "train and evaluate the CXR-CLIP -> clip/",
+          ("clip/clip/open_clip_model.safetensors",), _clip, lambda cfg: [],
+          ("stage_overrides", "seed")),
 )}
 
 

@@ -8,7 +8,7 @@ JPEG is read as ``v / 255``. Colour files are converted to gray with ITU-R 601 l
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -83,3 +83,20 @@ def resize(img: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
         return img.astype(np.float32, copy=False)
     out = Image.fromarray(img.astype(np.float32), mode="F").resize((w, h), Image.Resampling.LANCZOS)
     return np.clip(np.asarray(out, dtype=np.float32), 0.0, 1.0)
+
+
+def image_grid(images: Sequence[np.ndarray] | np.ndarray, cols: int | None = None,
+               gap: int = 2) -> np.ndarray:
+    """Tile same-size images (N x H x W) into one image, ``cols`` per row (default: a near
+    square), separated by ``gap`` mid-gray pixels (sample grids, contact sheets)."""
+    images = list(images)
+    if not images:
+        raise ValueError("no images to tile")
+    h, w = images[0].shape
+    cols = cols or int(np.ceil(np.sqrt(len(images))))
+    rows = -(-len(images) // cols)
+    sheet = np.full((rows * (h + gap) - gap, cols * (w + gap) - gap), 0.5, np.float32)
+    for i, img in enumerate(images):
+        r, c = divmod(i, cols)
+        sheet[r * (h + gap):r * (h + gap) + h, c * (w + gap):c * (w + gap) + w] = img
+    return sheet
