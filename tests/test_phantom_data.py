@@ -54,7 +54,8 @@ def make_reports(n: int = 40) -> list[Report]:
 
 def build(tmp_path: Path, reports: list[Report] | None = None, **kw) -> PhantomIU:
     args = {"size": 16, "renders_per_report": 2, "templates_per_finding": 1, "seed": 0,
-            "cache_dir": tmp_path / "cache", "renderer": fake_render, "progress": False}
+            "cache_dir": tmp_path / "cache", "renderer": fake_render, "progress": False,
+            "workers": 1}
     args.update(kw)
     return PhantomIU(make_reports() if reports is None else reports, **args)
 
@@ -252,3 +253,11 @@ def test_real_renderer_on_real_reports(tmp_path: Path):
     again = PhantomIU(size=32, renders_per_report=1, templates_per_finding=1, max_reports=20,
                       cache_dir=tmp_path / "cache", progress=False, split="test")
     assert again.renders == 0
+
+
+def test_render_processes_give_the_same_set_as_one_process(tmp_path: Path):
+    serial = build(tmp_path / "a", workers=1, renders_per_report=3)
+    forked = build(tmp_path / "b", workers=2, renders_per_report=3)
+    assert len(serial) >= 64  # enough jobs for the process pool to be used
+    assert np.array_equal(np.asarray(serial._images), np.asarray(forked._images))
+    assert serial.metadata.to_dicts() == forked.metadata.to_dicts()
