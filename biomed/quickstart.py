@@ -127,7 +127,8 @@ def _phantom(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     (out / "examples.txt").write_text("\n".join(f"{ds[i]['id']}: {ds[i]['report']}"
                                                  for i in picks) + "\n")
     reports = ds.stats["reports"]
-    return {"phantom_images": len(ds), "phantom_reports_included": reports["included"],
+    return {"phantom_images": len(ds), "phantom_reports_used": reports["used"],
+            "phantom_reports_included": reports["included"],
             "phantom_reports_excluded": reports["excluded"],
             "phantom_templates": ds.stats["templates"]}
 

@@ -86,3 +86,30 @@ def test_changed_inputs_rerun_the_stage(tmp_path, capsys):
     assert changed["pubmed_records_read"] < first["pubmed_records_read"]
     prov = json.loads((tmp_path / "provenance.json").read_text())
     assert [Path(d["path"]).name for d in prov["data_files"]] == ["baseline.xml"]
+
+
+def _quoted(items):
+    return "[" + ",".join(f'"{i}"' for i in items) + "]"
+
+
+@pytest.mark.data
+def test_imaging_stages_run_each_command_config_with_stage_overrides(tmp_path):
+    """phantom -> classifier -> clip on 40 real IU reports at 32 px, a few steps each."""
+    data = ["data.max_reports=40", "data.size=32", "data.templates_per_finding=2",
+            "data.progress=false", f"data.cache_dir={tmp_path / 'phantom_cache'}"]
+    short = ["trainer.max_time_s=null", "trainer.max_steps=3", "trainer.progress=false",
+             "trainer.tensorboard=false", "trainer.batch_size=8", "trainer.threads=1"]
+    cfg = compose("quickstart", [
+        f"paths.run_dir={tmp_path / 'run'}", "stages=[phantom,classifier,clip]",
+        f"stage_overrides.phantom={_quoted(data)}",
+        f"stage_overrides.classifier={_quoted(data + short + ['eval.n_boot=10', 'eval.val_n_boot=10'])}",
+        f"stage_overrides.clip={_quoted(data + short + ['eval.n_boot=10'])}"])
+    m = run(cfg)
+    run_dir = tmp_path / "run"
+    assert m["phantom_images"] == 3 * m["phantom_reports_used"] + m["phantom_templates"]
+    assert (run_dir / "phantom" / "examples.png").is_file()
+    assert m["classifier_steps"] == 3 and m["clip_steps"] == 3
+    assert (run_dir / "classifier/classifier/model.safetensors").is_file()
+    assert (run_dir / "clip/clip/open_clip_config.json").is_file()
+    # the stage ran the command's own config: its run folder has the classifier's metrics
+    assert json.loads((run_dir / "classifier/metrics.json").read_text())["n_train"] > 0
