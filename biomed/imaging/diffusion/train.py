@@ -1,0 +1,856 @@
+"""`biomed train-diffusion`: (report, image) pairs -> a RoentGen-style latent diffusion pipeline.
+
+Two stages, each one call of the shared engine, each resumable (``trainer.resume=latest``):
+
+1. The VAE (``diffusion=tiny``, from scratch): one channel, trained on random crops with
+   L1 + L2 reconstruction and a small KL term, in ``<run>/vae_stage/``. Then every training image
+   is encoded once into a latent cache (mean and std, float16, memory-mapped) keyed by the VAE's
+   weights and the data's fingerprint, and the VAE's ``scaling_factor`` becomes 1/std of its
+   latents. A pretrained or reused VAE (``diffusion.pretrained``, ``diffusion.vae.from_dir``) is
+   frozen and skips the training; its latents are cached all the same.
+2. UNet + text encoder on the cached latents, in ``<run>/``: classifier-free-guidance prompt
+   dropout, min-SNR-gamma loss weights (epsilon or v prediction), noise offset, EMA weights (an
+   engine callback; they live inside the trained module, so checkpoints carry them), learning
+   rates per component, a held-out loss and a validation grid (DPM-Solver++, fixed prompts and
+   seeds, checked for divergence) at every ``trainer.eval_every``. A frozen text encoder's
+   states are computed once per distinct prompt and cached too.
+
+The run folder gets ``pipeline/`` (a ``StableDiffusionPipeline`` folder of the EMA weights, with
+model card and ``biomed.json``), ``validation/step-<n>.png``, ``metrics.json`` and the engine's
+``log.jsonl``/checkpoints (stage 1's under ``vae_stage/``).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import inspect
+import json
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader, Dataset
+
+from biomed import runs
+from biomed.engine import Engine
+from biomed.errors import ConfigError
+from biomed.hydra_app import hydra_app
+from biomed.imaging import pixels
+from biomed.imaging.diffusion import model as dm
+from biomed.imaging.diffusion.text_encoders import TextEncoder, encode, tokenize
+
+CACHE_VERSION = 1  # bump when the latent/text-state cache layout or recipe changes
+VAE_STAGE = "vae_stage"
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+
+
+def prompt_text(text: Any) -> str:
+    """A report as a prompt: whitespace collapsed (the tokenizer truncates it)."""
+    return " ".join(str(text or "").split())
+
+
+def load_split(cfg: DictConfig, split: str) -> Dataset:
+    from hydra.utils import instantiate
+
+    return instantiate(cfg.data, split=split)
+
+
+def dataset_prompts(ds: Dataset) -> list[str]:
+    """Every row's report text, read without decoding images where the dataset allows it."""
+    if callable(getattr(ds, "report", None)):
+        return [prompt_text(ds.report(i)) for i in range(len(ds))]
+    meta = getattr(ds, "metadata", None)
+    if meta is not None and "report" in meta:
+        return [prompt_text(r) for r in meta["report"]]
+    return [prompt_text(ds[i].get("report", "")) for i in range(len(ds))]
+
+
+def dataset_ids(ds: Dataset) -> list[str]:
+    meta = getattr(ds, "metadata", None)
+    if meta is not None and "id" in meta:
+        return [str(i) for i in meta["id"]]
+    return [str(ds[i]["id"]) for i in range(len(ds))]
+
+
+def read_image(ds: Dataset, index: int, size: int) -> np.ndarray:
+    """Row ``index`` as float32 (size, size) in [0, 1]."""
+    img = ds.image(index) if callable(getattr(ds, "image", None)) else ds[index]["image"]
+    img = np.asarray(img, dtype=np.float32)
+    return pixels.resize(img, size) if img.shape != (size, size) else img
+
+
+class ImageItems(Dataset):
+    """Rows of a dataset as (1, size, size) float tensors in [0, 1], from a preloaded uint16
+    array (``load_images``) or decoded on each read."""
+
+    def __init__(self, ds: Dataset | None, indices: list[int], size: int,
+                 array: np.ndarray | None = None):
+        self.ds, self.indices, self.size, self.array = ds, list(indices), size, array
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, k: int) -> torch.Tensor:
+        if self.array is not None:
+            img = self.array[k].astype(np.float32) / np.float32(65535.0)
+        else:
+            img = read_image(self.ds, self.indices[k], self.size)
+        return torch.from_numpy(np.ascontiguousarray(img))[None]
+
+
+def load_images(ds: Dataset, indices: list[int], size: int, progress: bool) -> np.ndarray:
+    """The rows' images decoded once into memory (uint16, round(x * 65535))."""
+    from tqdm.auto import tqdm
+
+    out = np.empty((len(indices), size, size), np.uint16)
+    for k, i in enumerate(tqdm(indices, desc="images", disable=not progress, unit="img")):
+        out[k] = pixels.to_uint16(read_image(ds, i, size))
+    return out
+
+
+def data_fingerprint(data_cfg: DictConfig, split: str, ds: Dataset, ids: list[str],
+                     first_image: np.ndarray) -> str:
+    """What the latents of these rows depend on besides the VAE: the dataset's own fingerprint
+    where it has one (phantom_iu: its reports and rendering settings), else its config; the
+    split, the row ids and the first image's pixels."""
+    own = getattr(ds, "fingerprint", None)
+    if own:
+        spec: Any = str(own)
+    else:
+        spec = OmegaConf.to_container(data_cfg, resolve=True)
+        for k in ("split", "progress", "workers", "num_workers"):  # do not change the pixels
+            spec.pop(k, None)
+    h = hashlib.sha256(json.dumps({"data": spec, "split": split, "ids": ids},
+                                  sort_keys=True, default=str).encode())
+    h.update(np.ascontiguousarray(first_image, dtype=np.float32).tobytes())
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# caches (VAE latents, frozen text states)
+
+
+def _publish(tmp: Path, final: Path) -> None:
+    """Rename a finished cache folder into place (a concurrent writer may have won)."""
+    if final.exists():
+        shutil.rmtree(tmp, ignore_errors=True)
+        return
+    os.replace(tmp, final)
+
+
+@torch.inference_mode()
+def encode_latents(vae, items: Dataset, out: Path, *, batch_size: int, device: torch.device,
+                   num_workers: int = 0, bf16: bool = False, progress: bool = True) -> Path:
+    """Encode ``items`` with ``vae`` into ``out/{mean,std}.npy`` (float16, N x C x h x w)."""
+    from numpy.lib.format import open_memmap
+    from tqdm.auto import tqdm
+
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    channels = int(vae.config.in_channels)
+    loader = DataLoader(items, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    mean = std = None
+    k = 0
+    vae.eval()
+    for batch in tqdm(loader, desc="encode latents", disable=not progress, unit="batch"):
+        x = dm.to_model_space(batch.to(device), channels)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            dist = vae.encode(x.to(vae.dtype)).latent_dist
+        if mean is None:
+            shape = (len(items), *dist.mean.shape[1:])
+            mean = open_memmap(tmp / "mean.npy", mode="w+", dtype=np.float16, shape=shape)
+            std = open_memmap(tmp / "std.npy", mode="w+", dtype=np.float16, shape=shape)
+        n = x.shape[0]
+        mean[k:k + n] = dist.mean.float().cpu().numpy()
+        std[k:k + n] = dist.std.float().cpu().numpy()
+        k += n
+    mean.flush()
+    std.flush()
+    (tmp / "meta.json").write_text(json.dumps({"n": len(items), "shape": list(mean.shape[1:])}))
+    _publish(tmp, out)
+    return out
+
+
+def cached_latents(vae, items: Dataset, data_fp: str, cache_root: Path, *, batch_size: int,
+                   device: torch.device, num_workers: int = 0, bf16: bool = False,
+                   progress: bool = True, log=print) -> tuple[np.ndarray, np.ndarray, Path]:
+    """(mean, std) memory maps of the rows' latents, computed once per (VAE, data)."""
+    key = hashlib.sha256(json.dumps({"v": CACHE_VERSION, "vae": dm.module_hash(vae),
+                                     "data": data_fp}).encode()).hexdigest()[:20]
+    folder = cache_root / "latents" / key
+    if (folder / "meta.json").is_file():
+        log(f"train-diffusion: reusing cached latents {folder}")
+    else:
+        log(f"train-diffusion: encoding {len(items)} images into {folder}")
+        encode_latents(vae, items, folder, batch_size=batch_size, device=device,
+                       num_workers=num_workers, bf16=bf16, progress=progress)
+    return (np.load(folder / "mean.npy", mmap_mode="r"), np.load(folder / "std.npy", mmap_mode="r"),
+            folder)
+
+
+@torch.no_grad()
+def cached_text_states(text: TextEncoder, prompts: list[str], cache_root: Path, *,
+                       device: torch.device, batch_size: int = 64,
+                       log=print) -> tuple[np.ndarray, np.ndarray]:
+    """A frozen encoder's states, once per distinct prompt: (table (U + 1, L, D) float16 whose
+    last row is the empty prompt's, row index of each prompt)."""
+    unique = sorted(set(prompts))
+    rows = [*unique, ""]
+    key = hashlib.sha256(json.dumps({
+        "v": CACHE_VERSION, "encoder": dm.module_hash(text.model),
+        "tokenizer": dm.tokenizer_fingerprint(text.tokenizer),
+        "max_length": int(text.tokenizer.model_max_length), "prompts": rows}).encode()
+    ).hexdigest()[:20]
+    path = cache_root / "text_states" / f"{key}.npy"
+    if not path.is_file():
+        log(f"train-diffusion: encoding {len(rows)} distinct prompts with the frozen "
+            f"{text.kind} encoder into {path}")
+        model = text.model.to(device).eval()
+        chunks = []
+        for s in range(0, len(rows), batch_size):
+            tok = tokenize(text.tokenizer, rows[s:s + batch_size])
+            out = encode(model, tok["input_ids"].to(device), tok["attention_mask"].to(device))
+            chunks.append(out.float().cpu().numpy().astype(np.float16))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npy")
+        np.save(tmp, np.concatenate(chunks))
+        os.replace(tmp, path)
+    where = {p: i for i, p in enumerate(unique)}
+    return np.load(path, mmap_mode="r"), np.array([where[p] for p in prompts], np.int64)
+
+
+# ---------------------------------------------------------------------------------------------
+# losses and the trained modules
+
+
+def min_snr_weights(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor, gamma: float,
+                    prediction_type: str) -> torch.Tensor:
+    """Min-SNR-gamma loss weights (Hang et al. 2023), per sample.
+
+    With SNR(t) = alpha_bar / (1 - alpha_bar), the weight on the x0-space loss is min(SNR, gamma).
+    Predicting epsilon, the MSE equals SNR times the x0 MSE, so the weight is min(SNR, gamma) / SNR;
+    predicting v, the MSE equals (SNR + 1) times it, so min(SNR, gamma) / (SNR + 1).
+    """
+    a = alphas_cumprod.to(timesteps.device)[timesteps].float()
+    snr = a / (1.0 - a)
+    clipped = torch.clamp(snr, max=gamma)
+    if prediction_type == "epsilon":
+        return clipped / snr
+    if prediction_type == "v_prediction":
+        return clipped / (snr + 1.0)
+    if prediction_type == "sample":
+        return clipped
+    raise ConfigError(f"diffusion.scheduler.prediction_type={prediction_type!r}: "
+                      f"epsilon | v_prediction | sample")
+
+
+def _randn(shape, like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    if generator is None:
+        return torch.randn(shape, device=like.device, dtype=torch.float32)
+    return torch.randn(shape, generator=generator, device=generator.device).to(like.device)
+
+
+class VaeTrainer(torch.nn.Module):
+    """Stage 1: the VAE's loss on random crops (L1 + L2 reconstruction + KL)."""
+
+    def __init__(self, vae, *, crop: int | None, l2_weight: float, kl_weight: float):
+        super().__init__()
+        self.vae, self.crop = vae, crop
+        self.l2_weight, self.kl_weight = l2_weight, kl_weight
+
+    def _crops(self, images: torch.Tensor) -> torch.Tensor:
+        size = images.shape[-1]
+        if not self.crop or self.crop >= size:
+            return images
+        c = int(self.crop)
+        offsets = torch.randint(0, size - c + 1, (images.shape[0], 2))
+        return torch.stack([img[:, y:y + c, x:x + c]
+                            for img, (y, x) in zip(images, offsets.tolist(), strict=True)])
+
+    def forward(self, images: torch.Tensor):
+        x = dm.to_model_space(self._crops(images), int(self.vae.config.in_channels))
+        post = self.vae.encode(x).latent_dist
+        rec = self.vae.decode(post.sample()).sample
+        err = rec.float() - x
+        l1, l2 = err.abs().mean(), err.pow(2).mean()
+        kl = post.kl().float().mean() / x[0].numel()  # summed over the latent, per image pixel
+        loss = l1 + self.l2_weight * l2 + self.kl_weight * kl
+        return loss, {"l1": float(l1.detach()), "kl": float(kl.detach())}
+
+
+class LatentPairs(Dataset):
+    """Stage 2's rows: cached latent mean/std and token ids (or a frozen encoder's states)."""
+
+    def __init__(self, mean: np.ndarray, std: np.ndarray, tokens: dict[str, torch.Tensor],
+                 states: np.ndarray | None = None, state_rows: np.ndarray | None = None):
+        self.mean, self.std, self.tokens = mean, std, tokens
+        self.states, self.state_rows = states, state_rows
+
+    def __len__(self) -> int:
+        return len(self.mean)
+
+    def __getitems__(self, idx) -> dict[str, torch.Tensor]:
+        idx = np.asarray(idx, dtype=np.int64)
+        out = {"mean": torch.from_numpy(self.mean[idx].astype(np.float32)),
+               "std": torch.from_numpy(self.std[idx].astype(np.float32))}
+        if self.states is not None:
+            out["text_states"] = torch.from_numpy(
+                self.states[self.state_rows[idx]].astype(np.float32))
+        else:
+            t = torch.from_numpy(idx)
+            out["input_ids"] = self.tokens["input_ids"][t]
+            out["attention_mask"] = self.tokens["attention_mask"][t]
+        return out
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {k: v[0] for k, v in self.__getitems__([i]).items()}
+
+    @staticmethod
+    def collate(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return batch  # __getitems__ already returns the batch
+
+
+class DiffusionModel(torch.nn.Module):
+    """Stage 2's trained module: UNet + text encoder, their EMA copies and the loss.
+
+    The EMA copies are submodules with ``requires_grad=False``: the optimizer skips them, the
+    engine's checkpoints carry them, and sampling and saving use them.
+    """
+
+    def __init__(self, unet, text_encoder, *, train_text_encoder: bool, noise_scheduler,
+                 scaling_factor: float, training: DictConfig, empty: dict[str, torch.Tensor],
+                 empty_states: torch.Tensor | None = None):
+        super().__init__()
+        self.unet, self.text_encoder = unet, text_encoder
+        self.train_text_encoder = train_text_encoder
+        text_encoder.requires_grad_(train_text_encoder)
+        self.prediction_type = str(noise_scheduler.config.prediction_type)
+        self.num_timesteps = int(noise_scheduler.config.num_train_timesteps)
+        self.scaling_factor = float(scaling_factor)
+        self.cond_dropout = float(training.get("cond_dropout") or 0.0)
+        self.snr_gamma = training.get("snr_gamma")
+        self.noise_offset = float(training.get("noise_offset") or 0.0)
+        self.latent_sample = bool(training.get("latent_sample", True))
+        decay = training.get("ema_decay")
+        self.ema_decay = float(decay) if decay else None
+        self.ema_unet = self.ema_text_encoder = None
+        if self.ema_decay:
+            self.ema_unet = copy.deepcopy(unet).requires_grad_(False)
+            if train_text_encoder:
+                self.ema_text_encoder = copy.deepcopy(text_encoder).requires_grad_(False)
+        self.register_buffer("alphas_cumprod", noise_scheduler.alphas_cumprod.clone().float(),
+                             persistent=False)
+        self.register_buffer("empty_ids", empty["input_ids"][0].clone(), persistent=False)
+        self.register_buffer("empty_mask", empty["attention_mask"][0].clone(), persistent=False)
+        self.register_buffer("empty_states", None if empty_states is None
+                             else empty_states.float(), persistent=False)
+
+    @property
+    def sampling_unet(self):
+        return self.ema_unet if self.ema_unet is not None else self.unet
+
+    @property
+    def sampling_text_encoder(self):
+        return self.ema_text_encoder if self.ema_text_encoder is not None else self.text_encoder
+
+    def condition(self, batch: dict, text_encoder, dropout: float,
+                  generator: torch.Generator | None) -> torch.Tensor:
+        """(B, L, D) text states; with probability ``dropout`` a row gets the empty prompt's."""
+        ref = batch["mean"]
+        n = ref.shape[0]
+        drop = None
+        if dropout > 0:
+            u = torch.rand(n, generator=generator, device=generator.device) if generator \
+                else torch.rand(n, device=ref.device)
+            drop = (u < dropout).to(ref.device)
+        if "text_states" in batch:
+            states = batch["text_states"]
+            if drop is not None:
+                states = torch.where(drop[:, None, None], self.empty_states, states)
+            return states
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        if drop is not None:
+            ids = torch.where(drop[:, None], self.empty_ids, ids)
+            mask = torch.where(drop[:, None], self.empty_mask, mask)
+        with torch.set_grad_enabled(self.train_text_encoder and torch.is_grad_enabled()):
+            return encode(text_encoder, ids, mask)
+
+    def loss(self, batch: dict, *, unet, text_encoder, dropout: float = 0.0,
+             generator: torch.Generator | None = None):
+        """(weighted loss, plain MSE) of one batch; ``generator`` fixes the noise and timesteps
+        (the held-out loss), else the global RNG (training; restored on resume)."""
+        mean = batch["mean"].float()
+        latents = mean
+        if self.latent_sample and "std" in batch:
+            latents = mean + batch["std"].float() * _randn(mean.shape, mean, generator)
+        latents = latents * self.scaling_factor
+        b = latents.shape[0]
+        noise = _randn(latents.shape, latents, generator)
+        if self.noise_offset:
+            noise = noise + self.noise_offset * _randn((b, latents.shape[1], 1, 1), latents,
+                                                       generator)
+        if generator is None:
+            t = torch.randint(0, self.num_timesteps, (b,), device=latents.device)
+        else:
+            t = torch.randint(0, self.num_timesteps, (b,), generator=generator,
+                              device=generator.device).to(latents.device)
+        a = self.alphas_cumprod[t].view(-1, 1, 1, 1)
+        noisy = a.sqrt() * latents + (1 - a).sqrt() * noise  # DDPMScheduler.add_noise
+        if self.prediction_type == "epsilon":
+            target = noise
+        elif self.prediction_type == "v_prediction":
+            target = a.sqrt() * noise - (1 - a).sqrt() * latents  # DDPMScheduler.get_velocity
+        else:
+            target = latents
+        states = self.condition(batch, text_encoder, dropout, generator)
+        pred = unet(noisy, t, encoder_hidden_states=states).sample
+        mse = (pred.float() - target).pow(2).mean(dim=(1, 2, 3))
+        weights = torch.ones_like(mse) if not self.snr_gamma else min_snr_weights(
+            self.alphas_cumprod, t, float(self.snr_gamma), self.prediction_type)
+        return (mse * weights).mean(), mse.mean()
+
+    def forward(self, batch: dict):
+        loss, mse = self.loss(batch, unet=self.unet, text_encoder=self.text_encoder,
+                              dropout=self.cond_dropout)
+        return loss, {"mse": float(mse.detach())}
+
+    @torch.no_grad()
+    def update_ema(self, step: int) -> float:
+        """One EMA step; the decay warms up as (1 + step) / (10 + step) up to ``ema_decay``."""
+        if not self.ema_decay:
+            return 0.0
+        decay = min(self.ema_decay, (1 + step) / (10 + step))
+        pairs = [(self.ema_unet, self.unet)]
+        if self.ema_text_encoder is not None:
+            pairs.append((self.ema_text_encoder, self.text_encoder))
+        for ema, live in pairs:
+            e = [p for p in ema.parameters() if p.dtype.is_floating_point]
+            v = [p.detach() for p in live.parameters() if p.dtype.is_floating_point]
+            torch._foreach_lerp_(e, v, 1.0 - decay)
+        return decay
+
+
+class EmaCallback:
+    """The engine callback that moves the EMA weights after every optimizer step."""
+
+    def on_step_end(self, engine: Engine, model: torch.nn.Module, step: int) -> None:
+        engine.unwrap(model).update_ema(step)
+
+
+def per_component_optimizer(params, *, base, fused: bool | None = None):
+    """``base`` (a partial optimizer such as AdamW) with learning rates per component.
+
+    ``biomed.engine.build_optimizer`` passes its weight-decay groups; each is split by the
+    ``lr_scale`` tag that :func:`tag_learning_rate` put on the parameters (the text encoder's
+    lr / the UNet's lr), and each group gets ``lr * scale``. The engine's schedule multiplies
+    every group's own base rate by the same factor.
+    """
+    lr = float(base.keywords["lr"])
+    groups = []
+    for g in params:
+        by_scale: dict[float, list] = {}
+        for p in g["params"]:
+            by_scale.setdefault(float(getattr(p, "lr_scale", 1.0)), []).append(p)
+        groups += [{**g, "params": ps, "lr": lr * s} for s, ps in sorted(by_scale.items())]
+    extra = {}
+    if fused is not None and "fused" in inspect.signature(base.func).parameters:
+        extra["fused"] = fused
+    return base(groups, **extra)
+
+
+def component_optim(optim_cfg: DictConfig) -> DictConfig:
+    """``optim`` with its optimizer wrapped by :func:`per_component_optimizer`."""
+    out = OmegaConf.create(OmegaConf.to_container(optim_cfg, resolve=True))
+    out.optimizer = {"_target_": f"{__name__}.per_component_optimizer", "_partial_": True,
+                     "base": out.optimizer}
+    return out
+
+
+def tag_learning_rate(module: torch.nn.Module, scale: float) -> None:
+    for p in module.parameters():
+        p.lr_scale = scale
+
+
+# ---------------------------------------------------------------------------------------------
+# stage 1: the VAE
+
+
+def _stage_trainer(cfg: DictConfig, extra: DictConfig | None) -> DictConfig:
+    return OmegaConf.merge(cfg.trainer, extra or {})
+
+
+def load_vae_dir(path: str | Path):
+    """A VAE from a train-diffusion run, a pipeline folder, or a ``vae/`` folder."""
+    from diffusers import AutoencoderKL
+
+    from biomed.errors import InputError
+
+    path = Path(path).expanduser()
+    for c in (path, path / "vae", path / dm.PIPELINE_SUBDIR / "vae", path / VAE_STAGE / "vae"):
+        if (c / "config.json").is_file() and (c / "diffusion_pytorch_model.safetensors").is_file():
+            return AutoencoderKL.from_pretrained(str(c))
+    raise InputError(path, "no VAE here (a train-diffusion run, pipeline/ or vae/ folder)")
+
+
+def train_vae(cfg: DictConfig, stage_dir: Path, items: Dataset, val_items: Dataset,
+              log=print) -> tuple[Any, dict[str, Any]]:
+    """Stage 1 through the engine; returns the trained VAE (eval mode, frozen) and its numbers."""
+    d, v = cfg.diffusion, cfg.diffusion.vae
+    engine = Engine(_stage_trainer(cfg, v.get("trainer")), stage_dir, seed=int(cfg.seed))
+    vae = dm.build_vae(v, channels=int(d.get("channels", 1)), image_size=int(d.image_size))
+    model = VaeTrainer(vae, crop=v.get("crop"), l2_weight=float(v.get("l2_weight", 0.0)),
+                       kl_weight=float(v.kl_weight))
+    optim = OmegaConf.merge(cfg.optim, {"optimizer": {"lr": float(v.lr)},
+                                        "schedule": {"warmup_steps": int(v.warmup_steps)}})
+    n_eval = min(len(val_items), int(v.get("eval_images") or 0))
+
+    def eval_fn(m) -> dict[str, float]:
+        if n_eval == 0:
+            return {}
+        plain = engine.unwrap(m).vae
+        x = torch.stack([val_items[i] for i in range(n_eval)]).to(engine.accelerator.device)
+        xm = dm.to_model_space(x, int(plain.config.in_channels))
+        rec = plain.decode(plain.encode(xm).latent_dist.mean).sample.float()
+        out = dm.to_image_space(rec)
+        mse = float((out - x[:, 0]).pow(2).mean())
+        if engine.is_main:
+            grid = dm.image_grid(torch.cat([x[:, 0], out]).cpu().numpy(), cols=n_eval)
+            pixels.write_png16(stage_dir / "reconstructions.png", grid)
+        return {"vae_val_l1": float((out - x[:, 0]).abs().mean()),
+                "vae_val_psnr": 10 * math.log10(1.0 / max(mse, 1e-12))}
+
+    log(f"train-diffusion: stage 1, VAE of {dm.count_parameters(vae):,} parameters on "
+        f"{len(items)} images ({v.get('crop') or 'whole'} px crops)")
+    result = engine.fit(model, items, lambda m, b: m(b), optim=optim, eval_fn=eval_fn)
+    vae = engine.unwrap(engine.model).vae.eval().requires_grad_(False)
+    metrics = {"vae_steps": result.step, "vae_train_seconds": engine.state.train_seconds,
+               "vae_train_loss": result.metrics.get("train_loss"),
+               **{k: v for k, v in result.metrics.items() if k.startswith("vae_val")}}
+    return vae, metrics
+
+
+def latent_std(mean: np.ndarray, std: np.ndarray | None = None, chunk: int = 4096) -> float:
+    """The standard deviation of the latents the diffusion model is trained on: of the posterior
+    means, or (``std`` given: latents sampled from q(z|x)) sqrt(Var[mean] + E[std^2])."""
+    n, s1, s2, s3 = 0, 0.0, 0.0, 0.0
+    for i in range(0, len(mean), chunk):
+        m = np.asarray(mean[i:i + chunk], np.float64)
+        n, s1, s2 = n + m.size, s1 + m.sum(), s2 + (m * m).sum()
+        if std is not None:
+            s3 += (np.asarray(std[i:i + chunk], np.float64) ** 2).sum()
+    mu = s1 / n
+    return math.sqrt(max(s2 / n - mu * mu, 0.0) + s3 / n)
+
+
+# ---------------------------------------------------------------------------------------------
+# validation
+
+
+class Validation:
+    """The engine's ``eval_fn`` of stage 2: held-out loss and a sample grid, EMA weights."""
+
+    def __init__(self, engine: Engine, vae, tokenizer, scheduler_config, val: LatentPairs | None,
+                 v: DictConfig, out_dir: Path, bf16: bool, log=print):
+        self.engine, self.vae, self.tokenizer = engine, vae, tokenizer
+        self.scheduler_config, self.val, self.v = scheduler_config, val, v
+        self.out_dir, self.bf16, self.log = out_dir, bf16, log
+
+    def __call__(self, model) -> dict[str, float]:
+        plain = self.engine.unwrap(model)
+        device = self.engine.accelerator.device
+        self.vae.to(device)
+        out: dict[str, float] = {}
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            if self.val is not None and len(self.val):
+                out.update(self.held_out_loss(plain, device))
+            if self.v.prompts:
+                out.update(self.grid(plain))
+        return out
+
+    def held_out_loss(self, plain: DiffusionModel, device) -> dict[str, float]:
+        g = torch.Generator().manual_seed(1234)  # the same noise and timesteps every time
+        bs = int(self.v.get("batch_size", 64))
+        total = mse_total = 0.0
+        n = len(self.val)
+        for s in range(0, n, bs):
+            batch = {k: t.to(device) for k, t in
+                     self.val.__getitems__(list(range(s, min(n, s + bs)))).items()}
+            loss, mse = plain.loss(batch, unet=plain.sampling_unet,
+                                   text_encoder=plain.sampling_text_encoder, generator=g)
+            k = batch["mean"].shape[0]
+            total, mse_total = total + float(loss) * k, mse_total + float(mse) * k
+        return {"val_loss": total / n, "val_mse": mse_total / n}
+
+    def grid(self, plain: DiffusionModel) -> dict[str, float]:
+        prompts, seeds = list(self.v.prompts), [int(s) for s in self.v.seeds]
+        pipe = dm.make_pipeline(self.vae, plain.sampling_text_encoder, self.tokenizer,
+                                plain.sampling_unet,
+                                dm.sampling_scheduler(self.scheduler_config, "dpmpp"))
+        samples = dm.generate(pipe, [p for p in prompts for _ in seeds],
+                              [s for _ in prompts for s in seeds], steps=int(self.v.steps),
+                              guidance=float(self.v.guidance))
+        step = self.engine.state.step
+        if self.engine.is_main:
+            grid = dm.image_grid(samples.images, cols=len(seeds))
+            pixels.write_png16(self.out_dir / f"step-{step:06d}.png", grid, text={
+                "biomed:synthetic": "true", "prompts": json.dumps(prompts), "seeds":
+                json.dumps(seeds), "steps": str(self.v.steps), "guidance": str(self.v.guidance)})
+        bad = int((~samples.finite).sum())
+        if bad:
+            self.log(f"train-diffusion: warning: {bad} of {len(samples.finite)} validation "
+                     f"samples are not finite at step {step} (divergence)")
+        return {"val_samples_finite": float(samples.finite.mean()),
+                "val_samples_saturated": float(samples.saturated.mean())}
+
+
+# ---------------------------------------------------------------------------------------------
+# the command
+
+
+def _rows(cfg: DictConfig, split: str, log=print) -> tuple[Dataset, list[int], list[str]]:
+    """A split's dataset, the rows with report text, and their prompts."""
+    ds = load_split(cfg, split)
+    prompts = dataset_prompts(ds)
+    keep = [i for i, p in enumerate(prompts) if p]
+    if split == "train" and not keep:
+        raise ConfigError(f"data={cfg.data.get('name', '?')}: no training row has report text "
+                          f"(for MIMIC-CXR-JPG set data.reports_dir)")
+    if len(keep) < len(prompts):
+        log(f"train-diffusion: {split}: {len(prompts) - len(keep)} rows without report text "
+            f"skipped")
+    return ds, keep, [prompts[i] for i in keep]
+
+
+def _limit(keep: list[int], n: int | None) -> list[int]:
+    return keep if n is None else keep[:int(n)]
+
+
+def prepare_vae(cfg, run_dir: Path, train_items: ImageItems, val_items: ImageItems, log):
+    """The VAE of this run, and whether its scaling factor is still to be set."""
+    from diffusers import AutoencoderKL
+
+    d = cfg.diffusion
+    if d.vae.get("from_dir"):
+        log(f"train-diffusion: reusing the VAE of {d.vae.from_dir} (frozen)")
+        return load_vae_dir(d.vae.from_dir), False, {}
+    if d.get("pretrained"):
+        return dm.load_pretrained_vae(d.pretrained), False, {}
+    saved = run_dir / VAE_STAGE / "vae"
+    if cfg.trainer.get("resume") and (saved / "config.json").is_file():
+        log(f"train-diffusion: stage 1 done earlier, reusing {saved}")
+        done = json.loads((run_dir / VAE_STAGE / "done.json").read_text())
+        return AutoencoderKL.from_pretrained(str(saved)), False, done
+    vae, metrics = train_vae(cfg, run_dir / VAE_STAGE, train_items, val_items, log=log)
+    return vae, True, metrics
+
+
+def train_diffusion(cfg: DictConfig, run_dir: str | Path, log=print) -> dict[str, Any]:
+    """Both stages of ``cfg`` (``conf/train_diffusion.yaml``) in ``run_dir``; the metrics."""
+    from accelerate import PartialState
+    from accelerate.utils import set_seed
+
+    run_dir = Path(run_dir)
+    state = PartialState()
+    d = cfg.diffusion
+    size = int(d.image_size)
+    cache_root = Path(cfg.diffusion_cache)
+    progress = bool(cfg.trainer.get("progress", True)) and state.is_main_process
+    t0 = time.perf_counter()
+    train_ds, keep, prompts = _rows(cfg, "train", log)
+    val_ds, val_keep, val_prompts = _rows(cfg, "val", log)
+    val_keep = _limit(val_keep, d.validation.get("max_items"))
+    val_prompts = val_prompts[:len(val_keep)]
+    preload = len(keep) * size * size * 2 <= float(d.vae.get("preload_max_bytes") or 0)
+    array = load_images(train_ds, keep, size, progress) if preload else None
+    train_items = ImageItems(train_ds, keep, size, array)
+    val_items = ImageItems(val_ds, val_keep, size)
+
+    vae, rescale, vae_metrics = prepare_vae(cfg, run_dir, train_items, val_items, log)
+    device = state.device
+    vae.to(device).eval().requires_grad_(False)
+    _sdpa(vae)
+    bf16 = device.type == "cuda" and str(cfg.trainer.mixed_precision) in ("bf16", "auto")
+    enc = {"batch_size": int(d.validation.get("batch_size", 64)), "device": device,
+           "num_workers": int(cfg.trainer.num_workers), "bf16": bf16, "progress": progress,
+           "log": log}
+    ids = dataset_ids(train_ds)
+    with state.main_process_first():
+        fp = data_fingerprint(cfg.data, "train", train_ds, [ids[i] for i in keep],
+                              train_items[0].numpy())
+        mean, std, latent_dir = cached_latents(vae, train_items, fp, cache_root, **enc)
+        val_mean = val_std = None
+        if val_keep:
+            vids = dataset_ids(val_ds)
+            vfp = data_fingerprint(cfg.data, "val", val_ds, [vids[i] for i in val_keep],
+                                   val_items[0].numpy())
+            val_mean, val_std, _ = cached_latents(vae, val_items, vfp, cache_root, **enc)
+    if rescale:  # a VAE trained here: unit-variance latents for the diffusion model
+        sampled = bool(d.training.get("latent_sample", True))
+        vae.register_to_config(scaling_factor=1.0 / latent_std(mean, std if sampled else None))
+        vae_metrics["scaling_factor"] = float(vae.config.scaling_factor)
+        if state.is_main_process:
+            vae.save_pretrained(str(run_dir / VAE_STAGE / "vae"), safe_serialization=True)
+            runs.write_json(run_dir / VAE_STAGE / "done.json", vae_metrics)
+        state.wait_for_everyone()
+    prep_seconds = time.perf_counter() - t0
+
+    set_seed(int(cfg.seed))  # the UNet and text encoder initialise the same on every run
+    comps = dm.build_components(d, prompts, vae=vae, log=log)
+    metrics = train_unet(cfg, run_dir, comps, prompts, (mean, std), val_prompts,
+                         (val_mean, val_std), log=log)
+    metrics.update(vae_metrics)
+    metrics.update(prep_seconds=prep_seconds, latent_cache=str(latent_dir),
+                   scaling_factor=float(vae.config.scaling_factor),
+                   train_items=len(keep), val_items=len(val_keep))
+    return metrics
+
+
+def _sdpa(module) -> None:
+    """PyTorch's scaled_dot_product_attention in every diffusers attention layer."""
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    if hasattr(module, "set_attn_processor") and getattr(module, "attn_processors", None):
+        module.set_attn_processor(AttnProcessor2_0())
+
+
+def _pairs(comps: dm.Components, prompts: list[str], latents, cache_root: Path, device,
+           log) -> tuple[LatentPairs, torch.Tensor | None]:
+    tokens = tokenize(comps.text.tokenizer, prompts)
+    if comps.text.trainable:
+        return LatentPairs(latents[0], latents[1], tokens), None
+    table, rows = cached_text_states(comps.text, prompts, cache_root, device=device, log=log)
+    return LatentPairs(latents[0], latents[1], tokens, table, rows), torch.from_numpy(
+        np.asarray(table[-1:], np.float32))
+
+
+def train_unet(cfg: DictConfig, run_dir: Path, comps: dm.Components, prompts: list[str],
+               latents, val_prompts: list[str], val_latents, log=print) -> dict[str, Any]:
+    """Stage 2 through the engine, then ``pipeline/``; returns the run's metrics."""
+    from accelerate import PartialState
+
+    d, state = cfg.diffusion, PartialState()
+    cache_root = Path(cfg.diffusion_cache)
+    with state.main_process_first():
+        train, empty_states = _pairs(comps, prompts, latents, cache_root, state.device, log)
+        val = None
+        if val_latents[0] is not None:
+            val, _ = _pairs(comps, val_prompts, val_latents, cache_root, state.device, log)
+    engine = Engine(cfg.trainer, run_dir, seed=int(cfg.seed))
+    unet, text = comps.unet, comps.text
+    _sdpa(unet)
+    if d.unet.get("gradient_checkpointing"):
+        unet.enable_gradient_checkpointing()
+    if text.trainable and d.text_encoder.get("gradient_checkpointing"):
+        text.model.gradient_checkpointing_enable()
+    unet_lr = float(cfg.optim.optimizer.lr)
+    te_lr = float(d.text_encoder.get("lr") or unet_lr)
+    if text.trainable:
+        tag_learning_rate(text.model, te_lr / unet_lr)
+    model = DiffusionModel(unet, text.model, train_text_encoder=text.trainable,
+                           noise_scheduler=comps.noise_scheduler,
+                           scaling_factor=float(comps.vae.config.scaling_factor),
+                           training=d.training, empty=tokenize(text.tokenizer, [""]),
+                           empty_states=empty_states)
+    bf16 = engine.precision == "bf16"
+    validation = Validation(engine, comps.vae, text.tokenizer, comps.noise_scheduler.config, val,
+                            d.validation, run_dir / "validation", bf16, log=log)
+    params = {"unet_params": dm.count_parameters(unet),
+              "text_encoder_params": dm.count_parameters(text.model),
+              "vae_params": dm.count_parameters(comps.vae)}
+    log(f"train-diffusion: stage 2, UNet {params['unet_params']:,} + {text.kind} text encoder "
+        f"{params['text_encoder_params']:,} ({'trained' if text.trainable else 'frozen'}) "
+        f"parameters on {len(train)} cached latents {tuple(latents[0].shape[1:])}")
+    result = engine.fit(model, train, lambda m, b: m(b), optim=component_optim(cfg.optim),
+                        eval_fn=validation, collate_fn=LatentPairs.collate,
+                        callbacks=[EmaCallback()])
+    seconds = engine.state.train_seconds
+    images = result.step * engine.cfg.batch_size * engine.cfg.grad_accum * \
+        engine.accelerator.num_processes
+    metrics: dict[str, Any] = {
+        "steps": result.step, "train_seconds": seconds,
+        "images_per_s": images / seconds if seconds else None,
+        **result.metrics, **params, "vocab_size": len(text.tokenizer),
+        "prompt_length": int(text.tokenizer.model_max_length),
+        "latent_shape": list(latents[0].shape[1:]), "text_encoder": text.kind,
+        "text_encoder_trained": text.trainable, "unet_lr": unet_lr, "text_encoder_lr": te_lr,
+        "prediction_type": model.prediction_type, "precision": engine.precision,
+        "key_metrics": ["val_loss", "val_samples_finite", "images_per_s", "steps"]}
+    if state.is_main_process:
+        out = save(cfg, engine, comps, metrics, run_dir / dm.PIPELINE_SUBDIR)
+        metrics["pipeline_dir"] = str(out)
+        log(f"train-diffusion: {result.step} steps in {seconds:.0f} s "
+            f"({metrics['images_per_s'] or 0:.1f} images/s); val_loss "
+            f"{metrics.get('val_loss', float('nan')):.4f}; pipeline in {out}")
+    state.wait_for_everyone()
+    return metrics
+
+
+def save(cfg: DictConfig, engine: Engine, comps: dm.Components, metrics: dict[str, Any],
+         out: Path) -> Path:
+    """``pipeline/`` from the EMA weights, with the model card and ``biomed.json``."""
+    d = cfg.diffusion
+    plain = engine.unwrap(engine.model)
+    pipe = dm.make_pipeline(comps.vae, plain.sampling_text_encoder, comps.text.tokenizer,
+                            plain.sampling_unet,
+                            dm.sampling_scheduler(comps.noise_scheduler.config, "dpmpp"))
+    data_name = str(cfg.data.get("name") or cfg.data.get("_target_", "?"))
+    info = {
+        "format": "biomed-diffusion-v1", "preset": str(d.name), "data": data_name,
+        "image_size": int(d.image_size), "channels": comps.channels,
+        "prompt_length": metrics["prompt_length"], "vocab_size": metrics["vocab_size"],
+        "prompt_format": "report impression first, then findings; whitespace collapsed; "
+                         "truncated by the tokenizer at prompt_length tokens",
+        "text_encoder": comps.text.kind, "text_encoder_trained": comps.text.trainable,
+        "pretrained": comps.pretrained, "prediction_type": metrics["prediction_type"],
+        "noise_scheduler": {k: v for k, v in comps.noise_scheduler.config.items()
+                            if not k.startswith("_")},
+        "sampler": "dpmpp", "steps": 20, "guidance": float(d.validation.guidance),
+        "ema": bool(plain.ema_decay), "unet_params": metrics["unet_params"],
+        "text_encoder_params": metrics["text_encoder_params"],
+        "vae_params": metrics["vae_params"], "scaling_factor": float(
+            comps.vae.config.scaling_factor),
+        "training": f"{metrics['steps']} steps at batch {engine.cfg.batch_size} x "
+                    f"{engine.cfg.grad_accum} x {engine.accelerator.num_processes}, "
+                    f"lr UNet {metrics['unet_lr']:g} / text encoder {metrics['text_encoder_lr']:g}, "
+                    f"{'fp32' if engine.precision == 'no' else engine.precision}, seed {cfg.seed}",
+    }
+    shown = {k: metrics[k] for k in ("steps", "train_seconds", "images_per_s", "val_loss",
+                                     "val_mse", "val_samples_finite", "vae_val_psnr")
+             if metrics.get(k) is not None}
+    return dm.save_pipeline(pipe, out, card=dm.model_card(info, shown), info=info)
+
+
+def _data_files(cfg: DictConfig) -> list[str]:
+    out = []
+    for k, v in (cfg.get("data") or {}).items():
+        if isinstance(v, str) and k in ("file", "files", "reports") and Path(v).is_file():
+            out.append(v)
+    return out
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Train the text-to-X-ray diffusion model of ``cfg`` (``conf/train_diffusion.yaml``)."""
+    from accelerate import PartialState
+
+    with runs.experiment(cfg, _data_files(cfg)) as run_dir:
+        metrics = train_diffusion(cfg, run_dir)
+        if PartialState().is_main_process:
+            runs.finish_run(run_dir, metrics)
+    return metrics
+
+
+main = hydra_app("train_diffusion")(run)
+
+if __name__ == "__main__":
+    main()
