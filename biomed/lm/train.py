@@ -29,7 +29,6 @@ from biomed.lm.evaluate import token_nll
 from biomed.lm.fused_loss import linear_cross_entropy
 from biomed.lm.tokenizer import load_tokenizer, train_or_reuse
 
-
 _NO_LOGITS = torch.empty(0, dtype=torch.long)  # logits_to_keep: project no position
 
 

@@ -632,13 +632,13 @@ def _clip_space(clip: Any, gen: np.ndarray, real: np.ndarray, real2: np.ndarray 
 
 
 def _grid(plan: _Plan, bank: Mapping, dataset: Any, rows: int) -> np.ndarray:
-    from biomed.imaging.diffusion.sample import contact_sheet
+    from biomed.imaging.pixels import image_grid
 
     tiles = []
     for i in range(rows):
         samples = plan.samples_of(bank, i)
         tiles += [_real_images(dataset, plan.held.rows[i][:1], samples.shape[1:])[0], *samples]
-    return contact_sheet(tiles, cols=plan.samples + 1)
+    return image_grid(tiles, cols=plan.samples + 1)
 
 
 def _value(entry: Any, *path: str) -> float | None:

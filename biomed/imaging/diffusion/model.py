@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
@@ -419,31 +418,18 @@ def save_pipeline(pipe, out: str | Path, *, card: str, info: dict[str, Any]) -> 
     return out
 
 
-def resolve_pipeline_dir(path: str | Path) -> Path:
-    """A pipeline folder from a run folder (``<run>/pipeline``) or the pipeline folder itself."""
-    path = Path(path).expanduser()
+def resolve_pipeline_dir(model_dir: str | Path) -> Path:
+    """The pipeline folder of ``model_dir``: the folder itself or its ``pipeline/`` subfolder."""
+    path = Path(str(model_dir)).expanduser()
+    if not path.exists():
+        raise InputError(path, "no such model folder")
+    if not path.is_dir():
+        raise InputError(path, "not a folder (give a train-diffusion run folder or its pipeline/)")
     for candidate in (path, path / PIPELINE_SUBDIR):
         if (candidate / "model_index.json").is_file():
             return candidate
-    raise InputError(path, "not a diffusion pipeline folder: no model_index.json here or in "
-                           "pipeline/ (give a train-diffusion run folder or its pipeline/)")
-
-
-def load_pipeline(path: str | Path, *, device: str | torch.device = "cpu",
-                  dtype: torch.dtype = torch.float32, scheduler: str | None = None):
-    """``StableDiffusionPipeline.from_pretrained`` on a run or pipeline folder, on ``device``;
-    ``scheduler`` (dpmpp | ddim | ddpm | euler) swaps the sampler, keeping the noise schedule."""
-    from diffusers import StableDiffusionPipeline
-
-    folder = resolve_pipeline_dir(path)
-    try:
-        pipe = StableDiffusionPipeline.from_pretrained(str(folder), torch_dtype=dtype)
-    except (OSError, ValueError) as e:
-        raise InputError(folder, f"cannot load the pipeline ({str(e).splitlines()[0]})") from e
-    if scheduler is not None:
-        pipe.scheduler = sampling_scheduler(pipe.scheduler.config, scheduler)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)
+    raise InputError(path, "not a diffusers pipeline folder (no model_index.json in it or in its "
+                           "pipeline/ subfolder)")
 
 
 def pipeline_info(path: str | Path) -> dict[str, Any]:
@@ -454,57 +440,6 @@ def pipeline_info(path: str | Path) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------------------
 # sampling
-
-
-@dataclass
-class Samples:
-    """Generated images and their health: a diverged sample is non-finite or far out of range."""
-
-    images: np.ndarray  # (N, H, W) float32 in [0, 1]
-    finite: np.ndarray  # (N,) bool: latents and pixels finite
-    saturated: np.ndarray  # (N,) fraction of decoded pixels beyond [-1.5, 1.5] before clipping
-
-
-@torch.no_grad()
-def generate(pipe, prompts: list[str], seeds: list[int], *, steps: int = 20,
-             guidance: float = 3.0, negative_prompt: list[str] | None = None,
-             batch_size: int = 16) -> Samples:
-    """One image per (prompt, seed) pair, each from its own ``torch.Generator(seed)`` (so an
-    image depends only on its prompt, seed, steps and guidance, not on the batch).
-
-    The pipeline returns latents; they are decoded here so that a diverged sample is seen
-    before clipping hides it.
-    """
-    if len(prompts) != len(seeds):
-        raise ValueError("one seed per prompt")
-    images, finite, saturated = [], [], []
-    vae = pipe.vae
-    for start in range(0, len(prompts), batch_size):
-        ps, ss = prompts[start:start + batch_size], seeds[start:start + batch_size]
-        gens = [torch.Generator("cpu").manual_seed(int(s)) for s in ss]
-        neg = negative_prompt[start:start + batch_size] if negative_prompt else None
-        latents = pipe(prompt=list(ps), negative_prompt=neg, num_inference_steps=int(steps),
-                       guidance_scale=float(guidance), generator=gens,
-                       output_type="latent").images
-        x = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample.float()
-        ok = torch.isfinite(latents.float()).flatten(1).all(1) & \
-            torch.isfinite(x).flatten(1).all(1)
-        saturated.append((x.nan_to_num(9.0).abs() > 1.5).flatten(1).float().mean(1).cpu())
-        images.append(to_image_space(x.nan_to_num(0.0)).cpu())
-        finite.append(ok.cpu())
-    return Samples(torch.cat(images).numpy(), torch.cat(finite).numpy(),
-                   torch.cat(saturated).numpy())
-
-
-def image_grid(images: np.ndarray, cols: int, pad: int = 2) -> np.ndarray:
-    """(N, H, W) images in rows of ``cols`` with ``pad`` mid-gray pixels between them."""
-    n, h, w = images.shape
-    rows = -(-n // cols)
-    grid = np.full((rows * (h + pad) - pad, cols * (w + pad) - pad), 0.5, np.float32)
-    for i, img in enumerate(images):
-        r, c = divmod(i, cols)
-        grid[r * (h + pad):r * (h + pad) + h, c * (w + pad):c * (w + pad) + w] = img
-    return grid
 
 
 # ---------------------------------------------------------------------------------------------

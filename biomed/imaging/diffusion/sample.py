@@ -40,6 +40,8 @@ from omegaconf import DictConfig
 from biomed import runs
 from biomed.errors import ConfigError, InputError
 from biomed.hydra_app import hydra_app
+from biomed.imaging.diffusion.model import resolve_pipeline_dir
+from biomed.imaging.pixels import image_grid
 
 SCHEDULERS = ("dpmpp", "ddim", "ddpm")
 LATENT_CLIP = 4.0  # in latent standard deviations: beyond 99.99 % of a unit Gaussian
@@ -56,20 +58,6 @@ _AMPLITUDE = 0.02  # images with a smaller standard deviation (in [0, 1] units) 
 
 # ---------------------------------------------------------------------------------------------
 # Loading
-
-
-def resolve_pipeline_dir(model_dir: str | Path) -> Path:
-    """The pipeline folder of ``model_dir``: the folder itself or its ``pipeline/`` subfolder."""
-    path = Path(str(model_dir)).expanduser()
-    if not path.exists():
-        raise InputError(path, "no such model folder")
-    if not path.is_dir():
-        raise InputError(path, "not a folder (give a train-diffusion run folder or its pipeline/)")
-    for candidate in (path, path / "pipeline"):
-        if (candidate / "model_index.json").is_file():
-            return candidate
-    raise InputError(path, "not a diffusers pipeline folder (no model_index.json in it or in its "
-                           "pipeline/ subfolder)")
 
 
 def pick_device(name: str | None) -> torch.device:
@@ -436,20 +424,6 @@ def read_prompts(prompt: str | None, prompts_file: str | None) -> list[Prompt]:
 # Outputs
 
 
-def contact_sheet(images: list[np.ndarray], cols: int | None = None, gap: int = 2) -> np.ndarray:
-    """Tile same-size images into one image, ``cols`` per row, separated by mid-gray gaps."""
-    if not images:
-        raise ValueError("no images for a contact sheet")
-    h, w = images[0].shape
-    cols = cols or int(np.ceil(np.sqrt(len(images))))
-    rows = int(np.ceil(len(images) / cols))
-    sheet = np.full((rows * h + (rows - 1) * gap, cols * w + (cols - 1) * gap), 0.5, np.float32)
-    for i, img in enumerate(images):
-        r, c = divmod(i, cols)
-        sheet[r * (h + gap):r * (h + gap) + h, c * (w + gap):c * (w + gap) + w] = img
-    return sheet
-
-
 def _write_image(run_dir: Path, name: str, img: np.ndarray, meta: dict, dicom: bool) -> dict:
     from biomed.imaging.dicom_write import write_synthetic_dicom
     from biomed.imaging.pixels import write_png16
@@ -529,7 +503,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             from biomed.imaging.pixels import write_png16
 
             grid = write_png16(run_dir / "samples" / "grid.png",
-                               contact_sheet(first, cols=min(n, 8) if n > 1 else None),
+                               image_grid(first, cols=min(n, 8) if n > 1 else None),
                                text={"synthetic": "true", "model_id": loaded.model_id,
                                      "contents": f"the first {len(first)} samples"})
         metrics = {"count": len(lines), "prompts": len(prompts), "n": n, "seconds": total,

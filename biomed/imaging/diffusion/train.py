@@ -44,6 +44,7 @@ from biomed.errors import ConfigError
 from biomed.hydra_app import hydra_app
 from biomed.imaging import pixels
 from biomed.imaging.diffusion import model as dm
+from biomed.imaging.diffusion.sample import generate_images
 from biomed.imaging.diffusion.text_encoders import TextEncoder, encode, tokenize
 
 CACHE_VERSION = 1  # bump when the latent/text-state cache layout or recipe changes
@@ -525,7 +526,7 @@ def train_vae(cfg: DictConfig, stage_dir: Path, items: Dataset, val_items: Datas
         out = dm.to_image_space(rec)
         mse = float((out - x[:, 0]).pow(2).mean())
         if engine.is_main:
-            grid = dm.image_grid(torch.cat([x[:, 0], out]).cpu().numpy(), cols=n_eval)
+            grid = pixels.image_grid(torch.cat([x[:, 0], out]).cpu().numpy(), cols=n_eval)
             pixels.write_png16(stage_dir / "reconstructions.png", grid)
         return {"vae_val_l1": float((out - x[:, 0]).abs().mean()),
                 "vae_val_psnr": 10 * math.log10(1.0 / max(mse, 1e-12))}
@@ -597,21 +598,20 @@ class Validation:
         pipe = dm.make_pipeline(self.vae, plain.sampling_text_encoder, self.tokenizer,
                                 plain.sampling_unet,
                                 dm.sampling_scheduler(self.scheduler_config, "dpmpp"))
-        samples = dm.generate(pipe, [p for p in prompts for _ in seeds],
-                              [s for _ in prompts for s in seeds], steps=int(self.v.steps),
-                              guidance=float(self.v.guidance))
+        samples = generate_images(pipe, [p for p in prompts for _ in seeds],
+                                  [s for _ in prompts for s in seeds], steps=int(self.v.steps),
+                                  guidance=float(self.v.guidance))
         step = self.engine.state.step
         if self.engine.is_main:
-            grid = dm.image_grid(samples.images, cols=len(seeds))
+            grid = pixels.image_grid(samples.images, cols=len(seeds))
             pixels.write_png16(self.out_dir / f"step-{step:06d}.png", grid, text={
                 "biomed:synthetic": "true", "prompts": json.dumps(prompts), "seeds":
                 json.dumps(seeds), "steps": str(self.v.steps), "guidance": str(self.v.guidance)})
-        bad = int((~samples.finite).sum())
+        bad = int(samples.diverged.sum())
         if bad:
-            self.log(f"train-diffusion: warning: {bad} of {len(samples.finite)} validation "
-                     f"samples are not finite at step {step} (divergence)")
-        return {"val_samples_finite": float(samples.finite.mean()),
-                "val_samples_saturated": float(samples.saturated.mean())}
+            self.log(f"train-diffusion: warning: {bad} of {len(samples.diverged)} validation "
+                     f"samples diverged (non-finite or noise) at step {step}")
+        return {"val_samples_diverged": float(samples.diverged.mean())}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -785,7 +785,7 @@ def train_unet(cfg: DictConfig, run_dir: Path, comps: dm.Components, prompts: li
         "latent_shape": list(latents[0].shape[1:]), "text_encoder": text.kind,
         "text_encoder_trained": text.trainable, "unet_lr": unet_lr, "text_encoder_lr": te_lr,
         "prediction_type": model.prediction_type, "precision": engine.precision,
-        "key_metrics": ["val_loss", "val_samples_finite", "images_per_s", "steps"]}
+        "key_metrics": ["val_loss", "val_samples_diverged", "images_per_s", "steps"]}
     if state.is_main_process:
         out = save(cfg, engine, comps, metrics, run_dir / dm.PIPELINE_SUBDIR)
         metrics["pipeline_dir"] = str(out)
