@@ -315,7 +315,30 @@ def _normal_view(raw: str) -> str:
 # the contract
 
 
-class XrayDataset(Dataset):
+class SplitRows:
+    """What every dataset of the contract derives from its ``metadata["split"]``, ``labels`` and
+    ``subset``: one split's rows, and the label counts."""
+
+    def with_split(self, split: str):
+        """The rows of one split, without reading the tables again: build the dataset once
+        with ``split=None`` and take train, val and test from it."""
+        if split not in SPLITS:
+            raise ConfigError(f"split={split!r}: choose one of {', '.join(SPLITS)}")
+        new = self.subset([i for i, s in enumerate(self.metadata["split"]) if s == split])
+        new.split = split
+        return new
+
+    def label_counts(self) -> dict[str, dict[str, int]]:
+        """Per label: how many rows are positive, negative and unknown."""
+        out = {}
+        for j, n in enumerate(self.label_names):
+            col = self.labels[:, j]
+            out[n] = {"positive": int(np.sum(col == 1)), "negative": int(np.sum(col == 0)),
+                      "unknown": int(np.sum(np.isnan(col)))}
+        return out
+
+
+class XrayDataset(SplitRows, Dataset):
     """Base of every loader: labels, metadata, items, splits, resizing and the image cache.
 
     Loaders parse their files into a `Table` (with at least ``id``, ``patient_id``, ``path``
@@ -522,24 +545,6 @@ class XrayDataset(Dataset):
         new = copy.copy(self)
         new._take(indices)
         return new
-
-    def with_split(self, split: str) -> XrayDataset:
-        """The rows of one split, without reading the tables again: build the dataset once
-        with ``split=None`` and take train, val and test from it."""
-        if split not in SPLITS:
-            raise ConfigError(f"split={split!r}: choose one of {', '.join(SPLITS)}")
-        new = self.subset([i for i, s in enumerate(self.metadata["split"]) if s == split])
-        new.split = split
-        return new
-
-    def label_counts(self) -> dict[str, dict[str, int]]:
-        """Per label: how many rows are positive, negative and unknown."""
-        out = {}
-        for j, n in enumerate(self.label_names):
-            col = self.labels[:, j]
-            out[n] = {"positive": int(np.sum(col == 1)), "negative": int(np.sum(col == 0)),
-                      "unknown": int(np.sum(np.isnan(col)))}
-        return out
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(name={self.name!r}, n={len(self)}, split={self.split!r}, "

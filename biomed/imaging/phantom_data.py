@@ -48,7 +48,7 @@ from torch.utils.data import Dataset
 
 from biomed.errors import ConfigError
 from biomed.imaging import pixels
-from biomed.imaging.datasets import Table
+from biomed.imaging.datasets import SplitRows, Table
 from biomed.imaging.findings import PhantomFinding, labels_of, parse_findings
 from biomed.imaging.labels import CANONICAL_NAMES
 from biomed.imaging.report_findings import MAPPING_VERSION, classify_reports, positives
@@ -147,7 +147,7 @@ def _rendered(render: Renderer, jobs: list[tuple[list, int, int]], workers: int)
             _WORKER_RENDER = None
 
 
-class PhantomIU(Dataset):
+class PhantomIU(SplitRows, Dataset):
     """Phantom radiographs rendered from the IU reports' findings, paired with their text.
 
     Args:
@@ -417,23 +417,6 @@ class PhantomIU(Dataset):
         new = copy.copy(self)
         new._take(indices)
         return new
-
-    def with_split(self, split: str) -> PhantomIU:
-        """The rows of one split (build once with ``split=None``, take the three from it)."""
-        if split not in SPLITS:
-            raise ConfigError(f"split={split!r}: choose one of {', '.join(SPLITS)}")
-        new = self.subset([i for i, s in enumerate(self.metadata["split"]) if s == split])
-        new.split = split
-        return new
-
-    def label_counts(self) -> dict[str, dict[str, int]]:
-        """Per label: how many rows are positive, negative and unknown."""
-        out = {}
-        for j, n in enumerate(self.label_names):
-            col = self.labels[:, j]
-            out[n] = {"positive": int(np.sum(col == 1)), "negative": int(np.sum(col == 0)),
-                      "unknown": int(np.sum(np.isnan(col)))}
-        return out
 
     def _positives_per_split(self) -> dict[str, dict[str, dict[str, int]]]:
         """Positive rows per label, per split and source, over the whole build."""
