@@ -14,6 +14,7 @@ images/s on one H100 in bf16.
     python bench/diffusion_gpu.py                              # batch sizes 8 16 32
     python bench/diffusion_gpu.py --batch-sizes 16 --steps 40 --gradient-checkpointing
     python bench/diffusion_gpu.py --compile                    # torch.compile the trained module
+    python bench/diffusion_gpu.py --tiny                       # seconds on the CPU: checks the script
 
 Prints "skipped: no CUDA device" and exits 0 on a machine without CUDA.
 """
@@ -34,37 +35,58 @@ WORDS = ["no", "acute", "cardiopulmonary", "process", "small", "large", "left", 
          "pleural", "effusion", "moderate", "cardiomegaly", "apical", "pneumothorax", "opacity"]
 
 
-def components(gradient_checkpointing: bool):
+def components(gradient_checkpointing: bool, tiny: bool = False):
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    unet = UNet2DConditionModel(sample_size=64)  # the defaults are SD 1.5's UNet
-    te = CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072,
-                                      num_hidden_layers=12, num_attention_heads=12,
-                                      max_position_embeddings=77, attn_implementation="sdpa"))
-    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, sample_size=512,
-                        block_out_channels=(128, 256, 512, 512), layers_per_block=2,
-                        down_block_types=["DownEncoderBlock2D"] * 4,
-                        up_block_types=["UpDecoderBlock2D"] * 4)
+    if tiny:  # same classes and code path, dimensions a CPU runs in seconds
+        unet = UNet2DConditionModel(sample_size=8, block_out_channels=(32, 64),
+                                    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+                                    cross_attention_dim=32, layers_per_block=1,
+                                    attention_head_dim=8, norm_num_groups=16)
+        te = CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=32,
+                                          intermediate_size=64, num_hidden_layers=2,
+                                          num_attention_heads=2, max_position_embeddings=77,
+                                          attn_implementation="sdpa"))
+        vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, sample_size=64,
+                            block_out_channels=(16, 32), layers_per_block=1, norm_num_groups=8,
+                            down_block_types=["DownEncoderBlock2D"] * 2,
+                            up_block_types=["UpDecoderBlock2D"] * 2)
+    else:
+        unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768)  # SD 1.5
+        te = CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=768,
+                                          intermediate_size=3072, num_hidden_layers=12,
+                                          num_attention_heads=12, max_position_embeddings=77,
+                                          attn_implementation="sdpa"))
+        vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, sample_size=512,
+                            block_out_channels=(128, 256, 512, 512), layers_per_block=2,
+                            down_block_types=["DownEncoderBlock2D"] * 4,
+                            up_block_types=["UpDecoderBlock2D"] * 4)
     if gradient_checkpointing:
         unet.enable_gradient_checkpointing()
         te.gradient_checkpointing_enable()
     return unet, te, vae
 
 
-def encode_rate(vae, device, n: int = 64, batch: int = 16) -> float:
-    """Images/s of the frozen VAE encoding 512 px gray images (bf16), the one-off caching cost."""
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def encode_rate(vae, device, n: int = 64, batch: int = 16, size: int = 512) -> float:
+    """Images/s of the frozen VAE encoding gray images (bf16), the one-off caching cost."""
     from biomed.imaging.diffusion.model import to_model_space
 
     vae.to(device).eval()
-    x = torch.rand(batch, 512, 512, device=device)
-    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+    x = torch.rand(batch, size, size, device=device)
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16):
         vae.encode(to_model_space(x, 3))
-        torch.cuda.synchronize()
+        sync(device)
         t0 = time.perf_counter()
         for _ in range(n // batch):
             vae.encode(to_model_space(x, 3)).latent_dist.sample()
-        torch.cuda.synchronize()
+        sync(device)
     return n / (time.perf_counter() - t0)
 
 
@@ -86,12 +108,12 @@ def run_batch(batch: int, args, device) -> dict:
     from biomed.imaging.diffusion import train as dt
 
     torch.manual_seed(0)
-    unet, te, vae = components(args.gradient_checkpointing)
+    unet, te, vae = components(args.gradient_checkpointing, args.tiny)
     dt._sdpa(unet)
-    n = batch * 4
+    n, side = batch * 4, unet.config.sample_size
     g = torch.Generator().manual_seed(0)
-    mean = torch.randn(n, 4, 64, 64, generator=g).numpy().astype(np.float16)
-    std = (0.1 * torch.rand(n, 4, 64, 64, generator=g)).numpy().astype(np.float16)
+    mean = torch.randn(n, 4, side, side, generator=g).numpy().astype(np.float16)
+    std = (0.1 * torch.rand(n, 4, side, side, generator=g)).numpy().astype(np.float16)
     pairs = dt.LatentPairs(mean, std, tokens(n))
     sched = dm.build_noise_scheduler({"beta_schedule": "scaled_linear", "beta_start": 0.00085,
                                       "beta_end": 0.012, "prediction_type": "epsilon"})
@@ -102,16 +124,19 @@ def run_batch(batch: int, args, device) -> dict:
     model = dt.DiffusionModel(unet, te, train_text_encoder=True, noise_scheduler=sched,
                               scaling_factor=0.18215, training=training, empty=empty)
     trainer = OmegaConf.create({
-        "accelerator": "cuda", "mixed_precision": "bf16", "batch_size": batch,
+        "accelerator": device.type, "mixed_precision": "no" if args.tiny else "bf16",
+        "batch_size": batch,
         "max_steps": args.steps, "max_time_s": None, "eval_every": 0, "checkpoint_every": 0,
         "progress": False, "tensorboard": False, "fused_optimizer": True,
-        "compile": args.compile, "num_workers": 2, "clip_grad_norm": 1.0})
+        "compile": args.compile, "num_workers": 0 if args.tiny else 2,
+        "clip_grad_norm": 1.0})
     optim = OmegaConf.create({"optimizer": {"_target_": "torch.optim.AdamW", "_partial_": True,
                                             "lr": 5e-5, "betas": [0.9, 0.999], "eps": 1e-8},
                               "weight_decay": 0.01,
                               "schedule": {"warmup_steps": 0, "decay": "constant",
                                            "min_lr_ratio": 1.0}})
-    torch.cuda.reset_peak_memory_stats(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     with tempfile.TemporaryDirectory() as tmp:
         engine = Engine(trainer, Path(tmp), seed=0)
         engine.fit(model, pairs, lambda m, b: m(b), optim=dt.component_optim(optim),
@@ -119,12 +144,14 @@ def run_batch(batch: int, args, device) -> dict:
         times = [r["step_time_s"] for r in read_log(tmp) if "step_time_s" in r]
     steady = times[args.warmup:] or times
     out = {"batch": batch, "images_per_s": batch / float(np.median(steady)),
-           "peak_gib": torch.cuda.max_memory_allocated(device) / 2**30,
+           "peak_gib": (torch.cuda.max_memory_allocated(device) / 2**30
+                        if device.type == "cuda" else float("nan")),
            "unet_params": dm.count_parameters(unet), "text_params": dm.count_parameters(te),
            "vae_params": dm.count_parameters(vae)}
     del engine, model, unet, te, vae
     gc.collect()
-    torch.cuda.empty_cache()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
     return out
 
 
@@ -135,18 +162,27 @@ def main() -> int:
     ap.add_argument("--warmup", type=int, default=8, help="first steps left out (compilation)")
     ap.add_argument("--gradient-checkpointing", action="store_true")
     ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--tiny", action="store_true", help="CPU, tiny components, a few steps")
     args = ap.parse_args()
-    if not torch.cuda.is_available():
-        print("skipped: no CUDA device")
+    if args.tiny:
+        args.batch_sizes, args.steps, args.warmup = [2], 4, 1
+        device = torch.device("cpu")
+    elif not torch.cuda.is_available():
+        print("skipped: no CUDA device (--tiny checks the script on a CPU)")
         return 0
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
-    device = torch.device("cuda")
-    print(f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}; bf16 autocast, "
+    else:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        device = torch.device("cuda")
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu (--tiny)"
+    print(f"{name}, torch {torch.__version__}; bf16 autocast, "
           f"SDPA, fused AdamW, gradient checkpointing {args.gradient_checkpointing}, compile "
           f"{args.compile}; {args.steps} steps per batch size (first {args.warmup} left out)")
-    _, _, vae = components(False)
-    print(f"frozen VAE encoding 512 px (once, cached): {encode_rate(vae, device):.1f} images/s")
+    _, _, vae = components(False, args.tiny)
+    size = vae.config.sample_size
+    rate = encode_rate(vae, device, n=4 if args.tiny else 64, batch=2 if args.tiny else 16,
+                       size=size)
+    print(f"frozen VAE encoding {size} px (once, cached): {rate:.1f} images/s")
     del vae
     for batch in args.batch_sizes:
         try:
@@ -155,6 +191,9 @@ def main() -> int:
             print(f"batch {batch}: out of GPU memory")
             gc.collect()
             torch.cuda.empty_cache()
+            continue
+        except Exception as e:  # report and go on to the next batch size
+            print(f"batch {batch}: failed: {type(e).__name__}: {e}")
             continue
         print(f"batch {r['batch']}: {r['images_per_s']:.1f} images/s, peak "
               f"{r['peak_gib']:.1f} GiB (UNet {r['unet_params'] / 1e6:.0f}M + text encoder "

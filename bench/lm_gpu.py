@@ -16,6 +16,7 @@ MFU >= 45%.
 from __future__ import annotations
 
 import argparse
+import functools
 import tempfile
 import time
 
@@ -69,6 +70,9 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--grad-accum", type=int, default=4)
     ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--loss", choices=["auto", "fused", "plain"], default="auto",
+                    help="fused: chunked output projection + cross-entropy; plain: full logits "
+                         "then cross-entropy; auto (the workbench's default): fused on CPU only")
     ap.add_argument("--peak-tflops", type=float, default=None)
     ap.add_argument("--tiny", action="store_true", help="CPU, tiny model, a few steps")
     args = ap.parse_args()
@@ -106,7 +110,9 @@ def main() -> None:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         t0 = time.perf_counter()
-        engine.fit(model, tok_data.TokenChunks(tokens, context), lm_loss, optim=cfg.optim,
+        fused = {"auto": None, "fused": True, "plain": False}[args.loss]
+        loss_fn = functools.partial(lm_loss, fused=fused)
+        engine.fit(model, tok_data.TokenChunks(tokens, context), loss_fn, optim=cfg.optim,
                    collate_fn=tok_data.TokenChunks.collate, callbacks=[clock])
         total = time.perf_counter() - t0
     rate = steady_rate(clock, args.warmup, tokens_per_step)
@@ -114,7 +120,8 @@ def main() -> None:
     peak, peak_src = peak_flops(device, args.peak_tflops)
     print(f"device: {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}; "
           f"torch {torch.__version__}; precision {engine.precision}; "
-          f"compile {trainer.compile}; fused optimizer {trainer.fused_optimizer}")
+          f"compile {trainer.compile}; fused optimizer {trainer.fused_optimizer}; "
+          f"loss {args.loss}")
     print(f"model: {params['total'] / 1e6:.1f}M parameters ({params['non_embedding'] / 1e6:.1f}M "
           f"non-embedding), context {context}, vocab {vocab}, "
           f"{flops_tok / 1e9:.3f} GFLOP/token")
