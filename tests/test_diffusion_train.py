@@ -114,6 +114,10 @@ def test_train_saves_a_pipeline_that_diffusers_loads_and_samples(trained, tmp_pa
 
     assert m["steps"] == 3 and m["vae_steps"] == 3 and m["images_per_s"] > 0
     assert np.isfinite(m["val_loss"]) and m["val_samples_diverged"] == 0.0
+    # the empty-prompt pass uses the same noise: the gain is exactly the MSE ratio, and the
+    # random-init cross-attention already makes the two differ
+    assert m["val_prompt_gain"] == pytest.approx(1 - m["val_mse"] / m["val_mse_empty_prompt"])
+    assert m["val_mse"] != m["val_mse_empty_prompt"]
     assert sorted(p.name for p in (run / "validation").iterdir()) == [
         "step-000002.png", "step-000003.png"]
     assert (run / "vae_stage" / "reconstructions.png").is_file()
@@ -374,6 +378,13 @@ def test_user_mistakes_are_one_line_errors(tmp_path):
         sample.load_pipeline(tmp_path)
     with pytest.raises(BiomedError, match="report text"):
         train.run(train_cfg(tmp_path, "+data.blank_reports=true"))
+
+
+def test_gpu_bench_runs_at_toy_size_on_cpu():
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "diffusion_gpu.py"), "--tiny"],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "batch 2:" in proc.stdout and "failed" not in proc.stdout
 
 
 def test_gpu_bench_skips_cleanly_on_cpu():
