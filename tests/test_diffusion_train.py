@@ -294,6 +294,27 @@ def test_pubmed_lm_text_encoder_with_epsilon_and_per_component_lrs(tmp_path):
     assert any(not torch.equal(before[k], after[k]) for k in after if k in before)
 
 
+def test_text_time_embedding_pools_the_prompt_and_samples_in_plain_diffusers(tmp_path):
+    vae_dir = tiny_vae_dir(tmp_path / "vae_run")
+    train.run(train_cfg(tmp_path, "diffusion.unet.text_time_embedding=true",
+                        f"diffusion.vae.from_dir={vae_dir}"))
+    pipe = _pipe(tmp_path / "run" / "pipeline")
+    assert pipe.unet.config.addition_embed_type == "text"
+    assert torch.isfinite(_sample(pipe)).all()
+    # the pooled prompt is added to the timestep embedding: two prompts give two embeddings
+    ids = pipe.tokenizer(PROMPTS[:2], padding="max_length", return_tensors="pt").input_ids
+    with torch.no_grad():
+        pooled = pipe.unet.add_embedding(pipe.text_encoder(ids)[0])
+    assert pooled.shape == (2, pipe.unet.time_embedding.linear_2.out_features)
+    assert not torch.allclose(pooled[0], pooled[1])
+    with pytest.raises(ConfigError, match="text_time_embedding"):
+        dm.build_unet(OmegaConf.create({"block_out_channels": [8], "attention": [True],
+                                        "layers_per_block": 1, "cross_attention_dim": 8,
+                                        "heads": 3, "norm_num_groups": 4,
+                                        "text_time_embedding": True}),
+                      latent_channels=4, sample_size=8, text_dim=8)
+
+
 @pytest.mark.data
 @pytest.mark.skipif(sources.status("minilm") != "cached",
                     reason="run `biomed data fetch minilm` first")

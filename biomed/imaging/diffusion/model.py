@@ -187,7 +187,14 @@ def build_unet(u: DictConfig, *, latent_channels: int, sample_size: int,
                text_dim: int):
     """A randomly initialised ``UNet2DConditionModel`` (cross-attention where
     ``u.attention`` says, per resolution level). When the text encoder's width ``text_dim``
-    differs from ``u.cross_attention_dim`` the UNet carries the projection (``text_proj``)."""
+    differs from ``u.cross_attention_dim`` the UNet carries the projection (``text_proj``).
+
+    ``u.text_time_embedding``: also pool the prompt's states (diffusers' ``TextTimeEmbedding``:
+    attention pooling, as in DeepFloyd IF's UNet) into a vector added to the timestep
+    embedding, so every ResNet block sees the prompt, not only the cross-attention layers. It is
+    computed from ``encoder_hidden_states`` alone (``addition_embed_type="text"``), so the saved
+    pipeline still samples with plain diffusers.
+    """
     from diffusers import UNet2DConditionModel
 
     blocks = [int(c) for c in u.block_out_channels]
@@ -198,6 +205,12 @@ def build_unet(u: DictConfig, *, latent_channels: int, sample_size: int,
     extra: dict[str, Any] = {}
     if text_dim != cross:
         extra = {"encoder_hid_dim": text_dim, "encoder_hid_dim_type": "text_proj"}
+    if u.get("text_time_embedding", False):
+        # pools the states before text_proj: the encoder's own width, split into u.heads heads
+        if text_dim % int(u.heads):
+            raise ConfigError(f"diffusion.unet.text_time_embedding: the text width {text_dim} "
+                              f"is not a multiple of diffusion.unet.heads {u.heads}")
+        extra.update(addition_embed_type="text", addition_embed_type_num_heads=int(u.heads))
     unet = UNet2DConditionModel(
         sample_size=sample_size, in_channels=latent_channels, out_channels=latent_channels,
         block_out_channels=blocks,
