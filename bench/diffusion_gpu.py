@@ -31,9 +31,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-WORDS = ["no", "acute", "cardiopulmonary", "process", "small", "large", "left", "right",
-         "pleural", "effusion", "moderate", "cardiomegaly", "apical", "pneumothorax", "opacity"]
-
 
 def components(gradient_checkpointing: bool, tiny: bool = False):
     from diffusers import AutoencoderKL, UNet2DConditionModel
