@@ -19,20 +19,34 @@ __all__ = ["linear_cross_entropy"]
 
 def _chunks(h32, w32, targets, chunk, total, grad_h, grad_w) -> None:
     """Accumulate the summed loss into ``total`` and its gradients into ``grad_h``/``grad_w``
-    (either may be None: not needed), one chunk of tokens at a time."""
+    (either may be None: not needed), one chunk of tokens at a time.
+
+    Per chunk the (chunk, V) logits are passed over five times: written by the product, max,
+    exp in place (two passes in eager mode), summed; the gradients then read them once each.
+    The softmax's normalisation 1/s and the one-hot term of d loss / d logits = softmax - onehot
+    are folded into the (chunk, d)-sized sides of the products, never applied to the logits:
+
+        d/dh = (e @ W) / s - W[t]        d/dW = e.T @ (h / s) - scatter(h at rows t)
+
+    where e = exp(logits - max) and s its row sum.
+    """
     for s in range(0, h32.shape[0], chunk):
         h, t = h32[s:s + chunk], targets[s:s + chunk]
         logits = h @ w32.T  # (chunk, V)
-        lse = torch.logsumexp(logits, dim=-1)
-        total += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
+        target_logit = logits.gather(1, t[:, None])
+        top = logits.amax(dim=1, keepdim=True)
+        e = logits.sub_(top).exp_()  # in place: no second (chunk, V) buffer
+        row_sum = e.sum(dim=1, keepdim=True)
+        total += (top + row_sum.log() - target_logit).sum()
         if grad_h is None and grad_w is None:
             continue
-        p = torch.exp(logits.sub_(lse[:, None]), out=logits)  # softmax, in place
-        p[torch.arange(len(t), device=p.device), t] -= 1.0  # d(sum of losses) / d(logits)
+        inv = row_sum.reciprocal()
         if grad_h is not None:
-            grad_h[s:s + chunk] = p @ w32
+            g = torch.mm(e, w32, out=grad_h[s:s + chunk])
+            g.mul_(inv).sub_(w32[t])
         if grad_w is not None:
-            grad_w.addmm_(p.T, h)
+            grad_w.addmm_(e.T, h * inv)
+            grad_w.index_add_(0, t, h, alpha=-1.0)
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -63,7 +77,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                         chunk: int = 1024) -> torch.Tensor:
+                         chunk: int = 512) -> torch.Tensor:
     """Mean cross-entropy of ``hidden @ weight.T`` (no bias) against ``targets``.
 
     hidden: (N, d) final hidden states; weight: (V, d) output embedding; targets: (N,) ids.
