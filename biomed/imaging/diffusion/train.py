@@ -42,7 +42,7 @@ from biomed import runs
 from biomed.engine import Engine
 from biomed.errors import ConfigError
 from biomed.hydra_app import hydra_app
-from biomed.imaging import pixels
+from biomed.imaging import balance, pixels
 from biomed.imaging.diffusion import model as dm
 from biomed.imaging.diffusion.sample import generate_images
 from biomed.imaging.diffusion.text_encoders import TextEncoder, encode, tokenize
@@ -717,12 +717,36 @@ def train_diffusion(cfg: DictConfig, run_dir: str | Path, log=print) -> dict[str
     set_seed(int(cfg.seed))  # the UNet and text encoder initialise the same on every run
     comps = dm.build_components(d, prompts, vae=vae, log=log)
     metrics = train_unet(cfg, run_dir, comps, prompts, (mean, std), val_prompts,
-                         (val_mean, val_std), log=log)
+                         (val_mean, val_std), log=log, row_labels=_row_labels(train_ds, keep))
     metrics.update(vae_metrics)
     metrics.update(prep_seconds=prep_seconds, latent_cache=str(latent_dir),
                    scaling_factor=float(vae.config.scaling_factor),
                    train_items=len(keep), val_items=len(val_keep))
     return metrics
+
+
+def _row_labels(ds: Dataset, keep: list[int]) -> tuple[np.ndarray, list[str]] | None:
+    """(labels of the kept rows, label names), or None for a dataset without labels."""
+    labels = getattr(ds, "labels", None)
+    if labels is None or np.ndim(labels) != 2:
+        return None
+    return np.asarray(labels)[keep], list(getattr(ds, "label_names", []))
+
+
+def balanced(train: Dataset, cfg: DictConfig, row_labels, log) -> Dataset:
+    """``train`` with repeat-factor sampling when ``diffusion.training.repeat_factor_threshold``
+    is set (rows in ``train`` are the rows of ``row_labels``)."""
+    threshold = cfg.diffusion.training.get("repeat_factor_threshold")
+    if threshold is None:
+        return train
+    if row_labels is None:
+        raise ConfigError(f"diffusion.training.repeat_factor_threshold={threshold}: data="
+                          f"{cfg.data.get('name', '?')} has no labels to balance by")
+    labels, names = row_labels
+    idx = balance.repeat_indices(balance.repeat_factors(labels, threshold), seed=int(cfg.seed))
+    log(f"train-diffusion: repeat-factor sampling (threshold {threshold}): "
+        f"{balance.repeat_summary(labels, names, idx)}")
+    return torch.utils.data.Subset(train, idx.tolist())
 
 
 def _sdpa(module) -> None:
@@ -744,7 +768,8 @@ def _pairs(comps: dm.Components, prompts: list[str], latents, cache_root: Path, 
 
 
 def train_unet(cfg: DictConfig, run_dir: Path, comps: dm.Components, prompts: list[str],
-               latents, val_prompts: list[str], val_latents, log=print) -> dict[str, Any]:
+               latents, val_prompts: list[str], val_latents, log=print,
+               row_labels: tuple[np.ndarray, list[str]] | None = None) -> dict[str, Any]:
     """Stage 2 through the engine, then ``pipeline/``; returns the run's metrics."""
     from accelerate import PartialState
 
@@ -755,6 +780,7 @@ def train_unet(cfg: DictConfig, run_dir: Path, comps: dm.Components, prompts: li
         val = None
         if val_latents[0] is not None:
             val, _ = _pairs(comps, val_prompts, val_latents, cache_root, state.device, log)
+    train = balanced(train, cfg, row_labels, log)
     engine = Engine(cfg.trainer, run_dir, seed=int(cfg.seed))
     unet, text = comps.unet, comps.text
     _sdpa(unet)
@@ -791,7 +817,8 @@ def train_unet(cfg: DictConfig, run_dir: Path, comps: dm.Components, prompts: li
         "images_per_s": images / seconds if seconds else None,
         **result.metrics, **params, "vocab_size": len(text.tokenizer),
         "prompt_length": int(text.tokenizer.model_max_length),
-        "latent_shape": list(latents[0].shape[1:]), "text_encoder": text.kind,
+        "latent_shape": list(latents[0].shape[1:]), "rows_per_epoch": len(train),
+        "text_encoder": text.kind,
         "text_encoder_trained": text.trainable, "unet_lr": unet_lr, "text_encoder_lr": te_lr,
         "prediction_type": model.prediction_type, "precision": engine.precision,
         "key_metrics": ["val_loss", "val_prompt_gain", "val_samples_diverged", "images_per_s",
