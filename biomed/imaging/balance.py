@@ -24,6 +24,11 @@ from biomed.errors import ConfigError
 __all__ = ["repeat_factors", "repeat_indices", "repeat_summary"]
 
 
+def _present(labels: np.ndarray) -> np.ndarray:
+    """(N, K) booleans: 1 is present; 0 and NaN (unknown) are not."""
+    return np.nan_to_num(np.asarray(labels, dtype=np.float64), nan=0.0) == 1.0
+
+
 def repeat_factors(labels: np.ndarray, threshold: float) -> np.ndarray:
     """(N,) repeat factor of each row, >= 1.
 
@@ -34,7 +39,7 @@ def repeat_factors(labels: np.ndarray, threshold: float) -> np.ndarray:
     t = float(threshold)
     if not 0.0 < t <= 1.0:
         raise ConfigError(f"repeat_factor_threshold {threshold}: must lie in (0, 1]")
-    present = np.nan_to_num(np.asarray(labels, dtype=np.float64), nan=0.0) == 1.0
+    present = _present(labels)
     if present.ndim != 2:
         raise ConfigError(f"repeat-factor sampling needs (rows, labels) labels, got shape "
                           f"{present.shape}")
@@ -61,7 +66,7 @@ def repeat_indices(factors: np.ndarray, seed: int = 0) -> np.ndarray:
 def repeat_summary(labels: np.ndarray, names: Sequence[str], indices: np.ndarray,
                    top: int = 6) -> str:
     """One line: rows before -> after, and the rarest labels' share before -> after."""
-    present = np.nan_to_num(np.asarray(labels, dtype=np.float64), nan=0.0) == 1.0
+    present = _present(labels)
     before = present.mean(axis=0)
     after = present[indices].mean(axis=0)
     order = [k for k in np.argsort(before) if before[k] > 0][:top]

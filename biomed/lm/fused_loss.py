@@ -1,7 +1,7 @@
 """Next-token cross-entropy fused with the output projection, in chunks of tokens.
 
-The plain path materialises the logits of a whole batch (tokens x vocabulary: 4,096 x 8,192
-floats = 134 MB for `lm=tiny`), then their softmax and their gradient, each as large again: on
+The plain path materialises the logits of a whole batch (tokens x vocabulary: 1,024 x 8,192
+floats = 34 MB for `lm=tiny` at batch 8), then their softmax and their gradient, each as large again: on
 a CPU that traffic costs more than the projection's arithmetic. Here the projection, the
 log-sum-exp and the gradients with respect to the hidden states and the weight are computed
 chunk by chunk in the forward pass (as Liger-Kernel's fused linear cross-entropy does on GPUs),
