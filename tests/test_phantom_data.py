@@ -181,6 +181,22 @@ def test_bad_options_are_config_errors(tmp_path: Path):
         build(tmp_path, fractions=[0.5, 0.1, 0.1])
     with pytest.raises(ConfigError, match="renderer"):
         build(tmp_path, renderer="no_such_module_here:render")
+    with pytest.raises(ConfigError, match="efusion"):
+        build(tmp_path, extra_templates={"efusion/left": 3})
+    with pytest.raises(ConfigError, match="counts must be >= 0"):
+        build(tmp_path, extra_templates={"effusion/left": -3})
+
+
+def test_extra_templates_add_rows_in_their_own_cache(tmp_path: Path):
+    plain = build(tmp_path)
+    assert build(tmp_path, extra_templates={}).cache_path == plain.cache_path
+    more = build(tmp_path, extra_templates={"effusion/right": 4})
+    assert more.cache_path != plain.cache_path and len(more) == len(plain) + 4
+    added = [i for i, rid in enumerate(more.metadata["report_id"]) if rid.startswith("TPL-x-")]
+    assert len(added) == 4 and "extra_templates" in repr(more)
+    j = CANONICAL_NAMES.index
+    for i in added:
+        assert more.labels[i, j("effusion_right")] == 1
 
 
 def _xml(r: Report) -> bytes:

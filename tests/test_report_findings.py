@@ -322,6 +322,30 @@ def test_template_cases_cover_every_finding_side_and_severity():
     assert template_cases(9, seed=1) != cases
 
 
+def test_extra_templates_add_one_sided_cases_without_changing_the_base_ones():
+    base = template_cases(9, seed=0)
+    more = template_cases(9, seed=0, extra={"effusion/left": 6, "pneumothorax": 9})
+    assert more[:len(base)] == base
+    added = more[len(base):]
+    assert [c.id for c in added[:2]] == ["TPL-x-effusion-left-0", "TPL-x-effusion-left-1"]
+    assert len({c.id for c in more}) == len(more) == len(base) + 15
+    left = [c for c in added if c.finding == "effusion"]
+    assert len(left) == 6
+    for c in left:  # that side only, its severities cycling
+        primary = [f for f in c.findings if f.name == "effusion"]
+        assert [f.side for f in primary] == ["left"] and "left" in c.impression.lower()
+    assert [c.findings[0].severity for c in left] == [1, 2, 3, 1, 2, 3]
+    ptx = [c for c in added if c.finding == "pneumothorax"]
+    assert {f.side for c in ptx for f in c.findings if f.name == "pneumothorax"} \
+        == {"left", "right", "bilateral"}  # no side given: every combination
+    for bad, why in (({"effusion/middle": 1}, "no side 'middle'"),
+                     ({"cardiomegaly/left": 1}, "no side 'left'"),
+                     ({"efusion": 1}, "unknown finding 'efusion'"),
+                     ({"effusion": -1}, "must be >= 0")):
+        with pytest.raises(ValueError, match=why):
+            template_cases(0, extra=bad)
+
+
 def test_template_text_matches_its_findings():
     for c in template_cases(3, seed=2):
         labels = labels_of(list(c.findings))

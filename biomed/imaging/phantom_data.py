@@ -36,7 +36,7 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -155,6 +155,8 @@ class PhantomIU(SplitRows, Dataset):
         size: image side in pixels.
         renders_per_report: phantoms per included IU report (other anatomy and seed each).
         templates_per_finding: templated reports per phantom finding (0: none).
+        extra_templates: more templated reports on top, per finding or finding/side
+            (``{"effusion/left": 400}``; `report_templates.template_cases`).
         split: ``train`` / ``val`` / ``test`` or None (every row).
         fractions: train/val/test fractions of the report-id hash split.
         seed: the render seeds and the templates derive from it.
@@ -170,7 +172,8 @@ class PhantomIU(SplitRows, Dataset):
 
     def __init__(self, reports: str | Path | Sequence[Report] | None = None, *,
                  size: int = 128, renders_per_report: int = 3, templates_per_finding: int = 40,
-                 split: str | None = None, fractions: Sequence[float] = DEFAULT_FRACTIONS,
+                 extra_templates: Mapping[str, int] | None = None, split: str | None = None,
+                 fractions: Sequence[float] = DEFAULT_FRACTIONS,
                  seed: int = 0, cache_dir: str | Path | None = None,
                  max_reports: int | None = None, renderer: Renderer | str | None = None,
                  progress: bool = True, transform: Callable | None = None,
@@ -192,6 +195,14 @@ class PhantomIU(SplitRows, Dataset):
         self.size = (int(size), int(size))
         self.renders_per_report = int(renders_per_report)
         self.templates_per_finding = int(templates_per_finding)
+        self.extra_templates = {str(k): int(v) for k, v in (extra_templates or {}).items()}
+        try:  # a bad key fails here, before any rendering
+            template_cases(0, extra={k: 0 for k in self.extra_templates})
+        except ValueError as e:
+            raise ConfigError(f"{self.name}: {e}") from None
+        if any(v < 0 for v in self.extra_templates.values()):
+            raise ConfigError(f"{self.name}: extra_templates {self.extra_templates}: counts "
+                              "must be >= 0")
         self.seed = int(seed)
         self.max_reports = None if max_reports is None else int(max_reports)
         self.split = split
@@ -258,6 +269,8 @@ class PhantomIU(SplitRows, Dataset):
                "max_reports": self.max_reports, "mapping": MAPPING_VERSION,
                "templates": TEMPLATE_VERSION,
                "renderer": renderer_version(self._resolve_renderer())}
+        if self.extra_templates:  # only when set: earlier caches keep their fingerprints
+            key["extra_templates"] = self.extra_templates
         self._key = key
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -268,7 +281,8 @@ class PhantomIU(SplitRows, Dataset):
         used = included if self.max_reports is None else included[: self.max_reports]
         cases = [_Case(r.id, "iu", r.text, tuple(fs), self.renders_per_report)
                  for r, fs in used]
-        templates = template_cases(self.templates_per_finding, self.seed)
+        templates = template_cases(self.templates_per_finding, self.seed,
+                                   extra=self.extra_templates)
         cases += [_Case(t.id, "template", t.text, t.findings, 1) for t in templates]
         stats = {
             "reports": {"total": counts["#reports"], "included": counts["#included"],
@@ -434,7 +448,9 @@ class PhantomIU(SplitRows, Dataset):
     def __repr__(self) -> str:
         return (f"PhantomIU(n={len(self)}, split={self.split!r}, size={self.size[0]}, "
                 f"renders_per_report={self.renders_per_report}, "
-                f"templates_per_finding={self.templates_per_finding})")
+                f"templates_per_finding={self.templates_per_finding}"
+                + (f", extra_templates={self.extra_templates}" if self.extra_templates else "")
+                + ")")
 
 
 @contextmanager

@@ -13,7 +13,7 @@ flagged ``source="template"`` by the dataset so that results can be split by sou
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -331,21 +331,48 @@ def _co_finding(name: str, rng: np.random.Generator) -> list[PhantomFinding]:
     return _with_zone(options[int(rng.integers(len(options)))], rng)
 
 
+def _case(case_id: str, name: str, combo: PhantomFinding, rng: np.random.Generator
+          ) -> TemplateCase:
+    findings = _with_zone(combo, rng)
+    if rng.random() < CO_FINDING_PROBABILITY:
+        findings += _co_finding(name, rng)
+    impression, body = write_report(findings, rng)
+    return TemplateCase(case_id, name, tuple(findings), impression, body)
+
+
 def template_cases(n_per_finding: int, seed: int = 0,
-                   names: Sequence[str] = FINDING_NAMES) -> list[TemplateCase]:
+                   names: Sequence[str] = FINDING_NAMES,
+                   extra: Mapping[str, int] | None = None) -> list[TemplateCase]:
     """``n_per_finding`` templated reports per finding, cycling through its side x severity
     combinations (all of them once ``n_per_finding`` >= their number: 9 for a lateral finding,
-    3 otherwise). Case ``k`` of a finding depends only on (seed, finding, k)."""
+    3 otherwise). Case ``k`` of a finding depends only on (seed, finding, k).
+
+    ``extra`` adds reports on top: ``{"effusion": n}`` n more cycling through every combination,
+    ``{"effusion/left": n}`` n more of that side only (its severities cycling), so a model can
+    see more one-sided findings than bilateral ones. Extra case ``k`` of a key depends only on
+    (seed, finding, side, k); the base cases do not change."""
     out = []
     for name in names:
         combos = combinations(name)
         index = FINDING_NAMES.index(name)
-        for k in range(n_per_finding):
-            rng = np.random.default_rng([seed, index, k])
-            findings = _with_zone(combos[k % len(combos)], rng)
-            if rng.random() < CO_FINDING_PROBABILITY:
-                findings += _co_finding(name, rng)
-            impression, body = write_report(findings, rng)
-            out.append(TemplateCase(f"TPL-{name}-{k}", name, tuple(findings), impression, body))
+        out += [_case(f"TPL-{name}-{k}", name, combos[k % len(combos)],
+                      np.random.default_rng([seed, index, k])) for k in range(n_per_finding)]
+    for key, n in (extra or {}).items():
+        name, _, side = str(key).partition("/")
+        if name not in FINDING_NAMES:
+            raise ValueError(f"extra templates {key!r}: unknown finding {name!r} (one of "
+                             f"{', '.join(FINDING_NAMES)})")
+        combos = combinations(name)
+        if side:
+            combos = [c for c in combos if c.side == side]
+            if not combos:
+                raise ValueError(f"extra templates {key!r}: {name} has no side {side!r} "
+                                 f"(sides: {sorted({str(c.side) for c in combinations(name)})})")
+        if int(n) < 0:
+            raise ValueError(f"extra templates {key!r}: {n} must be >= 0")
+        stream = [seed, FINDING_NAMES.index(name), 1 + (SIDES.index(side) if side else -1)]
+        tag = f"{name}-{side}" if side else name
+        out += [_case(f"TPL-x-{tag}-{k}", name, combos[k % len(combos)],
+                      np.random.default_rng([*stream, k])) for k in range(int(n))]
     return out
 
