@@ -13,7 +13,7 @@ model FLOP/s (6 N + 6 n_layer context width per token) as a fraction of it.
 
     python bench/lm_throughput.py                          # lm=tiny, train-lm's precision
     python bench/lm_throughput.py --precision fp32         # both sides in fp32 (or bf16)
-    python bench/lm_throughput.py --variants default,compile,unfused,plain_loss
+    python bench/lm_throughput.py --variants default,compile,unfused,plain_loss,mkl_loss
     python bench/lm_throughput.py --tiny                   # seconds: a smoke run of the script
 """
 
@@ -42,6 +42,7 @@ VARIANTS = {  # trainer overrides of the workbench side ("loss": the loss functi
     "compile": {"compile": True},
     "unfused": {"fused_optimizer": False},
     "plain_loss": {"loss": {"fused": False}},  # whole-batch logits, as before the fused loss
+    "mkl_loss": {"loss": {"gemm": "mkl"}},  # the fused loss's products all in MKL (torch's)
 }
 TINY = ["lm.n_layer=2", "lm.n_embd=32", "lm.n_head=2", "lm.context=32", "trainer.batch_size=8"]
 

@@ -64,9 +64,14 @@ def test_model_card_states_data_terms_and_intended_use():
         assert text in card
 
 
-@pytest.mark.parametrize("chunk", [7, 1024])
-def test_fused_linear_cross_entropy_matches_the_plain_loss_and_gradients(chunk):
+@pytest.mark.parametrize(("chunk", "gemm"), [(7, "mkl"), (1024, "mkl"), (7, "onednn"),
+                                           (1024, "auto")])
+def test_fused_linear_cross_entropy_matches_the_plain_loss_and_gradients(chunk, gemm):
+    from biomed import cpu_gemm
     from biomed.lm.fused_loss import linear_cross_entropy
+
+    if gemm == "onednn" and not cpu_gemm.available():
+        pytest.skip("no oneDNN linear op in this torch build")
 
     torch.manual_seed(0)
     h = torch.randn(50, 16, requires_grad=True)
@@ -75,7 +80,7 @@ def test_fused_linear_cross_entropy_matches_the_plain_loss_and_gradients(chunk):
     t[:10] = 5  # a target repeated within and across chunks: its weight row's gradient adds up
     plain = torch.nn.functional.cross_entropy(h @ w.T, t)
     gh, gw = torch.autograd.grad(2.0 * plain, (h, w))
-    fused = linear_cross_entropy(h, w, t, chunk=chunk)
+    fused = linear_cross_entropy(h, w, t, chunk=chunk, gemm=gemm)
     fh, fw = torch.autograd.grad(2.0 * fused, (h, w))
     assert torch.allclose(fused, plain, atol=1e-5)
     assert torch.allclose(fh, gh, atol=1e-5) and torch.allclose(fw, gw, atol=1e-5)

@@ -46,7 +46,7 @@ def _fusable_head(model: torch.nn.Module) -> torch.nn.Linear | None:
 
 
 def lm_loss(model: torch.nn.Module, batch: torch.Tensor, *,
-            fused: bool | None = None) -> torch.Tensor:
+            fused: bool | None = None, gemm: str = "auto") -> torch.Tensor:
     """Mean next-token cross-entropy of a (B, context + 1) batch of token chunks.
 
     ``fused``: the output projection and the loss are computed together in chunks of tokens
@@ -55,6 +55,7 @@ def lm_loss(model: torch.nn.Module, batch: torch.Tensor, *,
     hidden states and no logits. ``None`` (default) fuses on the CPU only: there it is faster
     (bench/lm_throughput.py), while on an H100 the plain path was 1.22x faster for GPT-2 124M
     under torch.compile (303k against 249k tokens/s, bench/lm_gpu.py, docs/results.md).
+    ``gemm``: the fused loss's CPU product library (`biomed.lm.fused_loss.gemm_plan`).
     """
     if fused is None:
         fused = batch.device.type == "cpu"
@@ -67,7 +68,8 @@ def lm_loss(model: torch.nn.Module, batch: torch.Tensor, *,
     out = model(input_ids=inputs, use_cache=False, output_hidden_states=True,
                 logits_to_keep=_NO_LOGITS.to(inputs.device))
     hidden = out.hidden_states[-1]  # after the final layer norm
-    return linear_cross_entropy(hidden.reshape(-1, hidden.shape[-1]), head.weight, targets)
+    return linear_cross_entropy(hidden.reshape(-1, hidden.shape[-1]), head.weight, targets,
+                                gemm=gemm)
 
 
 def fractions_of(cfg: DictConfig) -> tuple[float, float]:
