@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import platform
 import subprocess
 import sys
 import time
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     if not cpu_gemm.available():
         print("this torch build has no oneDNN linear op: nothing to compare")
         return 1
-    print(f"CPU vendor {cpu_gemm.cpu_vendor() or '?'}, {torch.get_num_threads()} threads, "
+    print(f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}; MKL path: {mkl_path()}")
     print(f"{'product':26s} {'m x k x n':>18s} {'MKL':>8s} {'oneDNN':>8s}  ratio  (GFLOP/s)")
     torch.manual_seed(0)
