@@ -3,7 +3,7 @@
 torch computes CPU fp32 ``mm`` with MKL. oneDNN, which torch also ships
 (``torch.ops.mkldnn._linear_pointwise``), has its own JIT-compiled kernels, and for some shapes
 it is the faster of the two: on this project's 2-core AMD EPYC, the fused loss's
-(512 x 128) @ (128 x 8,192) logits product ran at ~107 GFLOP/s in oneDNN against ~78 in MKL, while
+(512 x 128) @ (128 x 8,192) logits product ran at 117 GFLOP/s in oneDNN against 92 in MKL, while
 most of the model's own products ran faster in MKL (``bench/cpu_gemm.py``, docs/results.md).
 Which is faster depends on the CPU and the shape, so callers time both once per process
 (`fastest`) instead of assuming.
