@@ -183,7 +183,7 @@ def test_bad_options_are_config_errors(tmp_path: Path):
         build(tmp_path, renderer="no_such_module_here:render")
     with pytest.raises(ConfigError, match="efusion"):
         build(tmp_path, extra_templates={"efusion/left": 3})
-    with pytest.raises(ConfigError, match="counts must be >= 0"):
+    with pytest.raises(ConfigError, match="-3 must be >= 0"):
         build(tmp_path, extra_templates={"effusion/left": -3})
 
 

@@ -52,7 +52,7 @@ from biomed.imaging.datasets import SplitRows, Table
 from biomed.imaging.findings import PhantomFinding, labels_of, parse_findings
 from biomed.imaging.labels import CANONICAL_NAMES
 from biomed.imaging.report_findings import MAPPING_VERSION, classify_reports, positives
-from biomed.imaging.report_templates import TEMPLATE_VERSION, template_cases
+from biomed.imaging.report_templates import TEMPLATE_VERSION, check_extra, template_cases
 from biomed.imaging.reports import Report, read_reports
 from biomed.splits import DEFAULT_FRACTIONS, SPLITS, assign_split
 
@@ -196,13 +196,10 @@ class PhantomIU(SplitRows, Dataset):
         self.renders_per_report = int(renders_per_report)
         self.templates_per_finding = int(templates_per_finding)
         self.extra_templates = {str(k): int(v) for k, v in (extra_templates or {}).items()}
-        try:  # a bad key fails here, before any rendering
-            template_cases(0, extra={k: 0 for k in self.extra_templates})
+        try:  # a bad key or count fails here, before any rendering
+            check_extra(self.extra_templates)
         except ValueError as e:
             raise ConfigError(f"{self.name}: {e}") from None
-        if any(v < 0 for v in self.extra_templates.values()):
-            raise ConfigError(f"{self.name}: extra_templates {self.extra_templates}: counts "
-                              "must be >= 0")
         self.seed = int(seed)
         self.max_reports = None if max_reports is None else int(max_reports)
         self.split = split

@@ -26,7 +26,7 @@ from biomed.imaging.findings import (
     PhantomFinding,
 )
 
-__all__ = ["TEMPLATE_VERSION", "TemplateCase", "combinations", "template_cases",
+__all__ = ["TEMPLATE_VERSION", "TemplateCase", "check_extra", "combinations", "template_cases",
            "write_report"]
 
 #: Changes whenever the wording or the case generation changes (part of the dataset cache key).
@@ -340,6 +340,30 @@ def _case(case_id: str, name: str, combo: PhantomFinding, rng: np.random.Generat
     return TemplateCase(case_id, name, tuple(findings), impression, body)
 
 
+def _extra_combos(key: str, n: int) -> tuple[str, str, list[PhantomFinding]]:
+    """(finding, side or '', the combinations to cycle) of an ``extra`` key; ValueError names
+    the key when the finding or side is unknown or the count negative."""
+    name, _, side = str(key).partition("/")
+    if name not in FINDING_NAMES:
+        raise ValueError(f"extra templates {key!r}: unknown finding {name!r} (one of "
+                         f"{', '.join(FINDING_NAMES)})")
+    combos = combinations(name)
+    if side:
+        combos = [c for c in combos if c.side == side]
+        if not combos:
+            raise ValueError(f"extra templates {key!r}: {name} has no side {side!r} "
+                             f"(sides: {sorted({str(c.side) for c in combinations(name)})})")
+    if int(n) < 0:
+        raise ValueError(f"extra templates {key!r}: {n} must be >= 0")
+    return name, side, combos
+
+
+def check_extra(extra: Mapping[str, int]) -> None:
+    """Raise ValueError for the first bad key or count of ``template_cases``' ``extra``."""
+    for key, n in extra.items():
+        _extra_combos(key, n)
+
+
 def template_cases(n_per_finding: int, seed: int = 0,
                    names: Sequence[str] = FINDING_NAMES,
                    extra: Mapping[str, int] | None = None) -> list[TemplateCase]:
@@ -358,18 +382,7 @@ def template_cases(n_per_finding: int, seed: int = 0,
         out += [_case(f"TPL-{name}-{k}", name, combos[k % len(combos)],
                       np.random.default_rng([seed, index, k])) for k in range(n_per_finding)]
     for key, n in (extra or {}).items():
-        name, _, side = str(key).partition("/")
-        if name not in FINDING_NAMES:
-            raise ValueError(f"extra templates {key!r}: unknown finding {name!r} (one of "
-                             f"{', '.join(FINDING_NAMES)})")
-        combos = combinations(name)
-        if side:
-            combos = [c for c in combos if c.side == side]
-            if not combos:
-                raise ValueError(f"extra templates {key!r}: {name} has no side {side!r} "
-                                 f"(sides: {sorted({str(c.side) for c in combinations(name)})})")
-        if int(n) < 0:
-            raise ValueError(f"extra templates {key!r}: {n} must be >= 0")
+        name, side, combos = _extra_combos(key, n)
         stream = [seed, FINDING_NAMES.index(name), 1 + (SIDES.index(side) if side else -1)]
         tag = f"{name}-{side}" if side else name
         out += [_case(f"TPL-x-{tag}-{k}", name, combos[k % len(combos)],

@@ -24,7 +24,9 @@ import torch
 
 from biomed import cpu_gemm
 
-__all__ = ["gemm_plan", "linear_cross_entropy"]
+__all__ = ["GEMM_CHOICES", "gemm_plan", "linear_cross_entropy"]
+
+GEMM_CHOICES = ("auto", "mkl", "onednn")  # which library computes the CPU products
 
 
 @functools.cache
@@ -33,8 +35,7 @@ def gemm_plan(chunk: int, d: int, vocab: int, gemm: str = "auto") -> tuple[bool,
 
     ``gemm``: ``auto`` times MKL against oneDNN for both products once (random operands of the
     chunk's shape and layout, ~0.5 s at 512 x 128 x 8,192); ``mkl`` or ``onednn`` chooses."""
-    if gemm not in ("auto", "mkl", "onednn"):
-        raise ValueError(f"gemm={gemm!r}: choose auto, mkl or onednn")
+    _check(gemm)
     if gemm == "mkl" or not cpu_gemm.available():
         return False, False
     if gemm == "onednn":
@@ -50,7 +51,12 @@ def gemm_plan(chunk: int, d: int, vocab: int, gemm: str = "auto") -> tuple[bool,
     return logits == "onednn", grad_w == "onednn"
 
 
-def _chunks(h32, w32, targets, chunk, total, grad_h, grad_w, gemm: str = "mkl") -> None:
+def _check(gemm: str) -> None:
+    if gemm not in GEMM_CHOICES:
+        raise ValueError(f"gemm={gemm!r}: choose {', '.join(GEMM_CHOICES)}")
+
+
+def _chunks(h32, w32, targets, chunk, total, grad_h, grad_w, gemm: str) -> None:
     """Accumulate the summed loss into ``total`` and its gradients into ``grad_h``/``grad_w``
     (either may be None: not needed), one chunk of tokens at a time.
 
@@ -82,10 +88,11 @@ def _chunks(h32, w32, targets, chunk, total, grad_h, grad_w, gemm: str = "mkl") 
             g = torch.mm(e, w32, out=grad_h[s:s + chunk])
             g.mul_(inv).sub_(w32[t])
         if grad_w is not None:
+            h_scaled = h * inv
             if grad_w_t is not None:
-                grad_w_t.add_(cpu_gemm.onednn_mm((h * inv).T, e))
+                grad_w_t.add_(cpu_gemm.onednn_mm(h_scaled.T, e))
             else:
-                grad_w.addmm_(e.T, h * inv)
+                grad_w.addmm_(e.T, h_scaled)
             grad_w.index_add_(0, t, h, alpha=-1.0)
     if grad_w_t is not None:
         grad_w.add_(grad_w_t.T)
@@ -127,6 +134,5 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
     gemm: on the CPU, which library computes the logits and weight-gradient products: ``auto``
     (the faster here, timed once per process: `gemm_plan`), ``mkl`` (torch's) or ``onednn``.
     """
-    if gemm not in ("auto", "mkl", "onednn"):
-        raise ValueError(f"gemm={gemm!r}: choose auto, mkl or onednn")
+    _check(gemm)
     return _LinearCrossEntropy.apply(hidden, weight, targets, chunk, gemm)
