@@ -4,7 +4,8 @@ Baseline: `transformers.Trainer` configured as a user would for this job: the id
 (same config and initialisation), the same token chunks, batch size and precision (bf16
 autocast: `bf16=True`, or fp32), the same learning rate and schedule; everything else at its
 defaults (fused AdamW, `default_data_collator` on dicts of `input_ids`/`labels`, the model's own
-loss). Both sides use every core. Each side is timed at steady state: the wall-clock time
+loss). Both sides use every core, and every run is a fresh process (spawned), so neither side
+inherits the other's allocator state or settings. Each side is timed at steady state: the wall-clock time
 between the ends of optimizer steps `warmup` and `steps`, so data loading, forward, backward,
 clipping, the optimizer, the schedule and logging all count.
 
@@ -43,6 +44,7 @@ VARIANTS = {  # trainer overrides of the workbench side ("loss": the loss functi
     "unfused": {"fused_optimizer": False},
     "plain_loss": {"loss": {"fused": False}},  # whole-batch logits, as before the fused loss
     "mkl_loss": {"loss": {"gemm": "mkl"}},  # the fused loss's products all in MKL (torch's)
+    "glibc_default": {"keep_heap": False},  # glibc's own malloc thresholds (biomed.cpu_malloc)
 }
 TINY = ["lm.n_layer=2", "lm.n_embd=32", "lm.n_head=2", "lm.context=32", "trainer.batch_size=8"]
 
@@ -166,6 +168,22 @@ def run_hf_trainer(cfg, tokens, vocab, steps, warmup, precision: str) -> float:
     return steady_rate(clock, warmup, bs * context)
 
 
+def isolated(fn, *args):
+    """``fn(*args)`` in a fresh spawned process using every core: process-wide state (glibc's
+    malloc thresholds, set by the workbench's engine; torch's caches) never leaks between runs."""
+    import concurrent.futures
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx) as pool:
+        return pool.submit(_with_threads, os.cpu_count() or 1, fn, *args).result()
+
+
+def _with_threads(threads: int, fn, *args):
+    torch.set_num_threads(threads)
+    return fn(*args)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=60)
@@ -213,11 +231,11 @@ def main() -> None:
     hf = 0.0
     for _ in range(args.repeats):  # interleaved: robust to a noisy neighbour
         for v in variants:
-            best[v] = max(best[v], run_workbench(cfg, tokens, vocab, args.steps, args.warmup,
-                                                 VARIANTS[v]))
+            best[v] = max(best[v], isolated(run_workbench, cfg, tokens, vocab, args.steps,
+                                            args.warmup, VARIANTS[v]))
         if not args.no_hf:
-            hf = max(hf, run_hf_trainer(cfg, tokens, vocab, args.steps, args.warmup,
-                                        args.precision))
+            hf = max(hf, isolated(run_hf_trainer, cfg, tokens, vocab, args.steps, args.warmup,
+                                  args.precision))
     ref_peak = peak[args.precision]
     rows = [(f"workbench ({v})", r) for v, r in best.items()]
     if hf:
