@@ -43,8 +43,12 @@ VARIANTS = {  # trainer overrides of the workbench side ("loss": the loss functi
     "compile": {"compile": True},
     "unfused": {"fused_optimizer": False},
     "plain_loss": {"loss": {"fused": False}},  # whole-batch logits, as before the fused loss
-    "mkl_loss": {"loss": {"gemm": "mkl"}},  # the fused loss's products all in MKL (torch's)
+    "mkl_loss": {"loss": {"gemm": "mkl"}},  # the fused loss's products in MKL (torch's; default)
+    "onednn_loss": {"loss": {"gemm": "onednn"}},  # logits and weight gradient in oneDNN
+    "auto_loss": {"loss": {"gemm": "auto"}},  # whichever wins in isolation (gemm_plan)
     "glibc_default": {"keep_heap": False},  # glibc's own malloc thresholds (biomed.cpu_malloc)
+    "mkl_loss_glibc": {"loss": {"gemm": "mkl"}, "keep_heap": False},
+    "onednn_loss_glibc": {"loss": {"gemm": "onednn"}, "keep_heap": False},
 }
 TINY = ["lm.n_layer=2", "lm.n_embd=32", "lm.n_head=2", "lm.context=32", "trainer.batch_size=8"]
 

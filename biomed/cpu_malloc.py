@@ -8,10 +8,11 @@ default every step pays again for page faults and for the kernel zero-filling th
 PyTorch's CPU performance guide recommends preloading jemalloc or tcmalloc for this; a running
 Python process cannot preload a library, but glibc's own ``mallopt`` raises both thresholds at
 run time, which is what :func:`keep_heap` does. Measured on the 2-core AMD EPYC this was written
-on (`lm=tiny`, batch 8): about 0.92x the step time (docs/results.md, "Session 7").
+on (`lm=tiny`, batch 8, five pairs of processes run alternately): median step time 0.90x-0.98x
+of glibc's defaults; the tiny diffusion model's steps did not change (docs/results.md, session 7).
 
 The cost is memory: the process keeps its peak heap instead of returning it between steps.
-Allocations above 32 MiB (glibc's largest mmap threshold on 64-bit) still use mmap.
+Allocations above 32 MiB (the largest mmap threshold every 64-bit glibc accepts) still use mmap.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import functools
 
 M_TRIM_THRESHOLD = -1  # glibc's mallopt parameter numbers (malloc.h)
 M_MMAP_THRESHOLD = -3
-MMAP_THRESHOLD_MAX = 32 << 20  # DEFAULT_MMAP_THRESHOLD_MAX on 64-bit: 4 MiB * sizeof(long)
+MMAP_THRESHOLD = 32 << 20  # glibc's DEFAULT_MMAP_THRESHOLD_MAX on 64-bit (older versions reject more)
 TRIM_THRESHOLD = 1 << 30
 
 
@@ -45,7 +46,7 @@ def available() -> bool:
 
 
 @functools.cache
-def keep_heap(mmap_threshold: int = MMAP_THRESHOLD_MAX,
+def keep_heap(mmap_threshold: int = MMAP_THRESHOLD,
               trim_threshold: int = TRIM_THRESHOLD) -> bool:
     """Raise glibc's mmap and trim thresholds for the rest of the process (once: later calls
     return the first result). True when glibc accepted both; False elsewhere (musl, macOS,

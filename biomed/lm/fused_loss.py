@@ -13,7 +13,8 @@ On the CPU two of the products can run on oneDNN instead of MKL (`biomed.cpu_gem
 (chunk x d) @ (d x V) logits, and the weight gradient computed as (d x chunk) @ (chunk x V), i.e.
 transposed, accumulated in a (d, V) buffer and transposed once at the end. Which library is
 faster depends on the CPU, so each is timed once per process and shape (`gemm_plan`). On this
-project's AMD EPYC oneDNN ran both ~1.3x faster than MKL (docs/results.md).
+project's AMD EPYC oneDNN ran both ~1.3x faster than MKL in isolation, but only 1.00x-1.04x of
+a whole training step when the two alternate step by step (docs/results.md, session 7).
 """
 
 from __future__ import annotations
