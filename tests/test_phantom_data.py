@@ -185,6 +185,8 @@ def test_bad_options_are_config_errors(tmp_path: Path):
         build(tmp_path, extra_templates={"efusion/left": 3})
     with pytest.raises(ConfigError, match="-3 must be >= 0"):
         build(tmp_path, extra_templates={"effusion/left": -3})
+    with pytest.raises(ConfigError, match="co-finding probability -0.1"):
+        build(tmp_path, extra_templates={"effusion/left": 3}, extra_co_finding=-0.1)
 
 
 def test_extra_templates_add_rows_in_their_own_cache(tmp_path: Path):
@@ -194,6 +196,14 @@ def test_extra_templates_add_rows_in_their_own_cache(tmp_path: Path):
     assert more.cache_path != plain.cache_path and len(more) == len(plain) + 4
     added = [i for i, rid in enumerate(more.metadata["report_id"]) if rid.startswith("TPL-x-")]
     assert len(added) == 4 and "extra_templates" in repr(more)
+    # the co-finding chance is part of the cache key only when set
+    assert build(tmp_path, extra_templates={"effusion/right": 4},
+                 extra_co_finding=None).cache_path == more.cache_path
+    paired = build(tmp_path, extra_templates={"effusion/right": 4}, extra_co_finding=1.0)
+    assert paired.cache_path != more.cache_path and "extra_co_finding=1.0" in repr(paired)
+    rows = [i for i, rid in enumerate(paired.metadata["report_id"]) if rid.startswith("TPL-x-")]
+    others = [k for k, n in enumerate(CANONICAL_NAMES) if not n.startswith("effusion")]
+    assert all(paired.labels[i, others].sum() >= 1 for i in rows)  # a second finding each
     j = CANONICAL_NAMES.index
     for i in added:
         assert more.labels[i, j("effusion_right")] == 1

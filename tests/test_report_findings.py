@@ -346,6 +346,26 @@ def test_extra_templates_add_one_sided_cases_without_changing_the_base_ones():
             template_cases(0, extra=bad)
 
 
+def test_extra_co_finding_sets_how_often_extra_cases_state_a_second_finding():
+    base = template_cases(4, seed=0)
+    extra = {"effusion/left": 200}
+    for p, low, high in ((0.0, 0, 0), (1.0, 200, 200), (0.7, 120, 160)):
+        cases = template_cases(4, seed=0, extra=extra, extra_co_finding=p)
+        assert cases[:len(base)] == base  # the base cases keep their own 0.3
+        added = cases[len(base):]
+        second = [c for c in added if any(f.name != "effusion" for f in c.findings)]
+        # a drawn co-finding can itself be an effusion (on the other side), so allow a few
+        assert low - (10 if p else 0) <= len(second) <= high, (p, len(second))
+        for c in second:  # the text states the second finding too
+            other = next(f for f in c.findings if f.name != "effusion")
+            assert other.name.split("_")[0] in c.text.lower().replace("-", " ") or \
+                other.name == "support_devices", (other, c.text)
+    assert template_cases(4, seed=0, extra=extra) == template_cases(4, seed=0, extra=extra,
+                                                                    extra_co_finding=0.3)
+    with pytest.raises(ValueError, match=r"co-finding probability 1.5 must lie in \[0, 1\]"):
+        template_cases(0, extra=extra, extra_co_finding=1.5)
+
+
 def test_template_text_matches_its_findings():
     for c in template_cases(3, seed=2):
         labels = labels_of(list(c.findings))

@@ -157,6 +157,8 @@ class PhantomIU(SplitRows, Dataset):
         templates_per_finding: templated reports per phantom finding (0: none).
         extra_templates: more templated reports on top, per finding or finding/side
             (``{"effusion/left": 400}``; `report_templates.template_cases`).
+        extra_co_finding: the chance that an extra templated report also states a second
+            common finding (None: 0.3, as the base templates).
         split: ``train`` / ``val`` / ``test`` or None (every row).
         fractions: train/val/test fractions of the report-id hash split.
         seed: the render seeds and the templates derive from it.
@@ -172,7 +174,8 @@ class PhantomIU(SplitRows, Dataset):
 
     def __init__(self, reports: str | Path | Sequence[Report] | None = None, *,
                  size: int = 128, renders_per_report: int = 3, templates_per_finding: int = 40,
-                 extra_templates: Mapping[str, int] | None = None, split: str | None = None,
+                 extra_templates: Mapping[str, int] | None = None,
+                 extra_co_finding: float | None = None, split: str | None = None,
                  fractions: Sequence[float] = DEFAULT_FRACTIONS,
                  seed: int = 0, cache_dir: str | Path | None = None,
                  max_reports: int | None = None, renderer: Renderer | str | None = None,
@@ -196,8 +199,9 @@ class PhantomIU(SplitRows, Dataset):
         self.renders_per_report = int(renders_per_report)
         self.templates_per_finding = int(templates_per_finding)
         self.extra_templates = {str(k): int(v) for k, v in (extra_templates or {}).items()}
-        try:  # a bad key or count fails here, before any rendering
-            check_extra(self.extra_templates)
+        self.extra_co_finding = None if extra_co_finding is None else float(extra_co_finding)
+        try:  # a bad key, count or probability fails here, before any rendering
+            check_extra(self.extra_templates, self.extra_co_finding)
         except ValueError as e:
             raise ConfigError(f"{self.name}: {e}") from None
         self.seed = int(seed)
@@ -268,6 +272,8 @@ class PhantomIU(SplitRows, Dataset):
                "renderer": renderer_version(self._resolve_renderer())}
         if self.extra_templates:  # only when set: earlier caches keep their fingerprints
             key["extra_templates"] = self.extra_templates
+        if self.extra_co_finding is not None:
+            key["extra_co_finding"] = self.extra_co_finding
         self._key = key
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -279,7 +285,8 @@ class PhantomIU(SplitRows, Dataset):
         cases = [_Case(r.id, "iu", r.text, tuple(fs), self.renders_per_report)
                  for r, fs in used]
         templates = template_cases(self.templates_per_finding, self.seed,
-                                   extra=self.extra_templates)
+                                   extra=self.extra_templates,
+                                   extra_co_finding=self.extra_co_finding)
         cases += [_Case(t.id, "template", t.text, t.findings, 1) for t in templates]
         stats = {
             "reports": {"total": counts["#reports"], "included": counts["#included"],
@@ -447,6 +454,8 @@ class PhantomIU(SplitRows, Dataset):
                 f"renders_per_report={self.renders_per_report}, "
                 f"templates_per_finding={self.templates_per_finding}"
                 + (f", extra_templates={self.extra_templates}" if self.extra_templates else "")
+                + (f", extra_co_finding={self.extra_co_finding}"
+                   if self.extra_co_finding is not None else "")
                 + ")")
 
 

@@ -331,10 +331,10 @@ def _co_finding(name: str, rng: np.random.Generator) -> list[PhantomFinding]:
     return _with_zone(options[int(rng.integers(len(options)))], rng)
 
 
-def _case(case_id: str, name: str, combo: PhantomFinding, rng: np.random.Generator
-          ) -> TemplateCase:
+def _case(case_id: str, name: str, combo: PhantomFinding, rng: np.random.Generator,
+          co_finding: float = CO_FINDING_PROBABILITY) -> TemplateCase:
     findings = _with_zone(combo, rng)
-    if rng.random() < CO_FINDING_PROBABILITY:
+    if rng.random() < co_finding:
         findings += _co_finding(name, rng)
     impression, body = write_report(findings, rng)
     return TemplateCase(case_id, name, tuple(findings), impression, body)
@@ -358,15 +358,19 @@ def _extra_combos(key: str, n: int) -> tuple[str, str, list[PhantomFinding]]:
     return name, side, combos
 
 
-def check_extra(extra: Mapping[str, int]) -> None:
-    """Raise ValueError for the first bad key or count of ``template_cases``' ``extra``."""
+def check_extra(extra: Mapping[str, int], co_finding: float | None = None) -> None:
+    """Raise ValueError for the first bad key or count of ``template_cases``' ``extra``, or a
+    co-finding probability outside [0, 1]."""
     for key, n in extra.items():
         _extra_combos(key, n)
+    if co_finding is not None and not 0.0 <= float(co_finding) <= 1.0:
+        raise ValueError(f"extra templates' co-finding probability {co_finding} must lie in [0, 1]")
 
 
 def template_cases(n_per_finding: int, seed: int = 0,
                    names: Sequence[str] = FINDING_NAMES,
-                   extra: Mapping[str, int] | None = None) -> list[TemplateCase]:
+                   extra: Mapping[str, int] | None = None,
+                   extra_co_finding: float | None = None) -> list[TemplateCase]:
     """``n_per_finding`` templated reports per finding, cycling through its side x severity
     combinations (all of them once ``n_per_finding`` >= their number: 9 for a lateral finding,
     3 otherwise). Case ``k`` of a finding depends only on (seed, finding, k).
@@ -374,7 +378,12 @@ def template_cases(n_per_finding: int, seed: int = 0,
     ``extra`` adds reports on top: ``{"effusion": n}`` n more cycling through every combination,
     ``{"effusion/left": n}`` n more of that side only (its severities cycling), so a model can
     see more one-sided findings than bilateral ones. Extra case ``k`` of a key depends only on
-    (seed, finding, side, k); the base cases do not change."""
+    (seed, finding, side, k, extra_co_finding); the base cases do not change.
+    ``extra_co_finding``: the chance that an extra case also states a second common finding
+    (cardiomegaly, atelectasis, low lung volumes, support devices or effusion); None: the base
+    cases' 0.3."""
+    check_extra(extra or {}, extra_co_finding)
+    extra_p = CO_FINDING_PROBABILITY if extra_co_finding is None else float(extra_co_finding)
     out = []
     for name in names:
         combos = combinations(name)
@@ -386,6 +395,6 @@ def template_cases(n_per_finding: int, seed: int = 0,
         stream = [seed, FINDING_NAMES.index(name), 1 + (SIDES.index(side) if side else -1)]
         tag = f"{name}-{side}" if side else name
         out += [_case(f"TPL-x-{tag}-{k}", name, combos[k % len(combos)],
-                      np.random.default_rng([*stream, k])) for k in range(int(n))]
+                      np.random.default_rng([*stream, k]), extra_p) for k in range(int(n))]
     return out
 
