@@ -43,7 +43,7 @@ VARIANTS = {  # trainer overrides of the workbench side ("loss": the loss functi
     "compile": {"compile": True},
     "unfused": {"fused_optimizer": False},
     "plain_loss": {"loss": {"fused": False}},  # whole-batch logits, as before the fused loss
-    "mkl_loss": {"loss": {"gemm": "mkl"}},  # the fused loss's products in MKL (torch's; default)
+    "mkl_loss": {"loss": {"gemm": "mkl"}},  # the fused loss's products all in MKL (torch's)
     "onednn_loss": {"loss": {"gemm": "onednn"}},  # logits and weight gradient in oneDNN
     "auto_loss": {"loss": {"gemm": "auto"}},  # whichever wins in isolation (gemm_plan)
     "glibc_default": {"keep_heap": False},  # glibc's own malloc thresholds (biomed.cpu_malloc)
