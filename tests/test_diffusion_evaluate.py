@@ -492,3 +492,33 @@ def test_a_saved_pipeline_is_sampled_through_generate_images(tmp_path, classifie
     assert "weights-sha256" in m["model_id"] and 0 <= m["diverged"] <= m["images_generated"]
     assert m["prompt_max_tokens"] == 77 and 0 < m["prompts_truncated"] <= 4 + 4 + 6
     assert (tmp_path / "run" / "table.md").is_file()
+
+
+def test_fidelity_leaves_out_prompts_whose_text_denies_or_hedges_their_tag():
+    """A prompt tagged with an effusion it denies, and an untagged one that hedges it, score
+    against their tags in ``fidelity_tag_labels`` and are left out of ``fidelity``."""
+    names = ["no_finding", "effusion", "effusion_left", "effusion_right"]
+    prompts = ["Small left pleural effusion.", "Moderate right pleural effusion.",
+               "No definite pleural effusion seen.", "Possible small effusions.",
+               "No pleural effusion.", "Normal chest."]
+    labels = np.array([[0, 1, 1, 0], [0, 1, 0, 1], [0, 1, 1, 0], [1, 0, 0, 0], [1, 0, 0, 0],
+                       [1, 0, 0, 0]], np.float32)
+    held = E.HeldOut(prompts, [[i] for i in range(6)], labels, names, ["iu"] * 6,
+                     [f"R{i}" for i in range(6)])
+    # the generated images follow the prompts' text: no effusion for R2, some for R3
+    p_eff = np.array([0.9, 0.8, 0.1, 0.85, 0.2, 0.1], np.float32)
+    probs = np.stack([1 - p_eff, p_eff, p_eff, p_eff], axis=1)
+    out = E._fidelity_both(held, probs, probs, names, True, n_boot=20, seed=0)
+    checked, tags = out["fidelity"]["effusion"], out["fidelity_tag_labels"]["effusion"]
+    assert (checked["n_pos"], checked["n_neg"]) == (2, 2)
+    assert checked["generated"]["value"] == 1.0
+    assert (tags["n_pos"], tags["n_neg"]) == (3, 3)
+    assert tags["generated"]["value"] < 0.8
+    left = out["prompt_label_check"]["left_out"]["effusion"]
+    assert left == {"n": 2, "tag_positive": 1, "report_ids": ["R2", "R3"]}
+    assert out["fidelity"]["effusion_left"]["n_pos"] == 1  # R2's side column left out too
+    assert set(E._fidelity_both(held, probs, probs, names, False, n_boot=20, seed=0)) == \
+        {"fidelity"}
+    m = {"fidelity": out["fidelity"], "fidelity_tag_labels": out["fidelity_tag_labels"],
+         "prompt_label_check": out["prompt_label_check"]}
+    assert "R2, R3" in "\n".join(E._label_check_rows(m))

@@ -19,7 +19,11 @@ project classifier on prompts whose ground truth is exact (the phantom's finding
 4. **Prompt fidelity per finding**: the classifier's AUROC at telling images whose prompt states a
    finding (the report's exact phantom labels) from images whose prompt does not, with bootstrap
    95% CIs, split by the prompt's source (IU report / template) when both occur; reference: the
-   same classifier on the real held-out images (the ceiling).
+   same classifier on the real held-out images (the ceiling). With ``eval.text_check`` (default)
+   a prompt whose text denies or hedges a finding its tags give it, or affirms or hedges one
+   they do not, is left out of that finding's AUROC (`report_mentions.text_checked_labels`:
+   "no definite pleural effusion seen" tagged ``Pleural Effusion``); the AUROCs on the tags
+   alone are reported beside them (``fidelity_tag_labels``).
 5. **Laterality suite**: templated prompts (`report_templates.write_report`) for left and right
    effusion and pneumothorax; accuracy of the classifier's side call (``p(<f>_left) >
    p(<f>_right)`` is "left").
@@ -98,6 +102,7 @@ class EvalSettings:
     classifier_batch_size: int = 64
     generation_chunk: int = 64
     grid_prompts: int = 4
+    text_check: bool = True
     progress: bool = True
 
     @classmethod
@@ -383,16 +388,19 @@ def _auroc_entry(y: np.ndarray, gen: np.ndarray, real: np.ndarray | None, n_boot
 
 
 def fidelity_metrics(held: HeldOut, probs_gen: np.ndarray, probs_real: np.ndarray | None,
-                     labels: Sequence[str], *, n_boot: int, seed: int) -> dict[str, Any]:
+                     labels: Sequence[str], *, n_boot: int, seed: int,
+                     prompt_labels: np.ndarray | None = None) -> dict[str, Any]:
     """Per classifier label known to the data: AUROC of the classifier on generated images
-    (and on the real ones: the ceiling) against the prompts' labels, split by source."""
+    (and on the real ones: the ceiling) against the prompts' labels (``prompt_labels``, P x K
+    in ``held.label_names`` order, NaN = unknown; default ``held.labels``), split by source."""
     out: dict[str, Any] = {}
     sources = np.array(held.sources)
     distinct = sorted({s for s in held.sources if s})
+    truth = held.labels if prompt_labels is None else prompt_labels
     for k, name in enumerate(labels):
         if name not in held.label_names:
             continue
-        y = held.labels[:, held.label_names.index(name)]
+        y = truth[:, held.label_names.index(name)]
         real = None if probs_real is None else probs_real[:, k]
         entry = _auroc_entry(y, probs_gen[:, k], real, n_boot, seed)
         if len(distinct) > 1:
@@ -593,8 +601,7 @@ def evaluate_generation(generate: Generator, dataset: Any, tool: ClassifierTool,
         "diverged": int(sum(diverged.values())),
         "image_size": list(gen.shape[1:]), "classifier_labels": list(tool.labels),
         "sources": {s: held.sources.count(s) for s in sorted(set(held.sources)) if s},
-        "fidelity": fidelity_metrics(held, probs_gen, probs_real, tool.labels, n_boot=n_boot,
-                                     seed=seed),
+        **_fidelity_both(held, probs_gen, probs_real, tool.labels, st.text_check, n_boot, seed),
         "laterality": laterality_metrics(plan.laterality, bank, tool, held, probs_real,
                                          n_boot=n_boot, seed=seed),
         "negation": negation_metrics(plan.negation, bank, tool, n_boot=n_boot, seed=seed),
@@ -614,6 +621,36 @@ def evaluate_generation(generate: Generator, dataset: Any, tool: ClassifierTool,
     rows = min(int(st.grid_prompts), plan.diversity)
     grid = _grid(plan, bank, dataset, rows) if rows else None
     return Evaluation(metrics, grid, held.prompts[:rows])
+
+
+def _fidelity_both(held: HeldOut, probs_gen: np.ndarray, probs_real: np.ndarray,
+                   labels: Sequence[str], text_check: bool, n_boot: int, seed: int
+                   ) -> dict[str, Any]:
+    """``fidelity`` (on the text-checked prompt labels when ``text_check``), and with the check
+    also ``fidelity_tag_labels`` (the tags alone) and ``prompt_label_check`` (what it left out:
+    per finding, the prompts set unknown and their report ids)."""
+    if not text_check:
+        return {"fidelity": fidelity_metrics(held, probs_gen, probs_real, labels,
+                                             n_boot=n_boot, seed=seed)}
+    from biomed.imaging.report_mentions import MENTION_PATTERNS, text_checked_labels
+
+    checked = text_checked_labels(held.labels, held.label_names, held.prompts)
+    left_out: dict[str, Any] = {}
+    for name in MENTION_PATTERNS:
+        if name in held.label_names:
+            k = held.label_names.index(name)
+            gone = np.flatnonzero(np.isnan(checked[:, k]) & ~np.isnan(held.labels[:, k]))
+            left_out[name] = {"n": int(len(gone)),
+                              "tag_positive": int((held.labels[gone, k] == 1).sum()),
+                              "report_ids": [held.report_ids[i] for i in gone]}
+    return {"fidelity": fidelity_metrics(held, probs_gen, probs_real, labels, n_boot=n_boot,
+                                         seed=seed, prompt_labels=checked),
+            "fidelity_tag_labels": fidelity_metrics(held, probs_gen, probs_real, labels,
+                                                    n_boot=n_boot, seed=seed),
+            "prompt_label_check": {
+                "what": "prompts whose text denies or hedges a finding their tags give, or "
+                        "affirms or hedges one they do not (biomed.imaging.report_mentions), "
+                        "left out of that finding's fidelity AUROC", "left_out": left_out}}
 
 
 def _clip_space(clip: Any, gen: np.ndarray, real: np.ndarray, real2: np.ndarray | None,
@@ -656,6 +693,8 @@ def flat_metrics(m: Mapping[str, Any]) -> dict[str, Any]:
     for name, e in m["fidelity"].items():
         out[f"fidelity_auroc_{name}"] = _value(e, "generated", "value")
         out[f"real_auroc_{name}"] = _value(e, "real", "value")
+    for name, e in (m.get("fidelity_tag_labels") or {}).items():
+        out[f"fidelity_auroc_{name}_tags"] = _value(e, "generated", "value")
     for key, which in (("fidelity_macro_auroc", "generated"), ("real_macro_auroc", "real")):
         values = [_value(e, which, "value") for e in m["fidelity"].values()]
         values = [v for v in values if v is not None]
@@ -730,6 +769,23 @@ def _fidelity_rows(m: Mapping[str, Any]) -> list[str]:
     return rows
 
 
+def _label_check_rows(m: Mapping[str, Any]) -> list[str]:
+    check = m.get("prompt_label_check")
+    if not check:
+        return []
+    tags = m.get("fidelity_tag_labels") or {}
+    rows = ["Prompts left out of a finding's AUROC because their text does not support its "
+            "label (denied or hedged; `biomed.imaging.report_mentions`), and the AUROC on the "
+            "tags alone:", "", "| finding | left out (tag positive) | report ids | "
+            "generated, tags alone | real, tags alone |", "|---|---|---|---|---|"]
+    for name, e in check["left_out"].items():
+        t = tags.get(name, {})
+        rows.append(f"| {name} | {e['n']} ({e['tag_positive']}) | "
+                    f"{', '.join(e['report_ids']) or '-'} | {_f(t.get('generated'))} | "
+                    f"{_f(t.get('real'))} |")
+    return [*rows, ""]
+
+
 def _suite_rows(m: Mapping[str, Any]) -> list[str]:
     rows = ["| finding | n | side accuracy | left prompts | right prompts | real phantoms |",
             "|---|---|---|---|---|---|"]
@@ -774,6 +830,7 @@ def markdown_table(m: Mapping[str, Any]) -> str:
         *_fidelity_rows(m), "",
         "Side columns (`*_left`, `*_right`) use the side the phantom drew, which an IU prompt "
         "may not state; the laterality suite below uses prompts that do.", "",
+        *_label_check_rows(m),
         "## Laterality and negation suites (templated prompts)", "", *_suite_rows(m), ""]
     if phantom:
         lines += ["Measured on phantoms (procedural radiographs with exact findings) and the "
