@@ -26,7 +26,8 @@ from typing import Literal
 
 import numpy as np
 
-__all__ = ["MENTION_PATTERNS", "Mention", "mentions", "stance", "text_checked_labels"]
+__all__ = ["MENTION_PATTERNS", "Mention", "disagreements", "mentions", "stance",
+           "text_checked_labels"]
 
 Mention = Literal["affirmed", "negated", "uncertain"]
 
@@ -129,10 +130,10 @@ def text_checked_labels(labels: np.ndarray, label_names: Sequence[str],
     out = np.array(labels, dtype=np.float32, copy=True)
     names = list(label_names)
     for finding in MENTION_PATTERNS:
-        cols = [k for k, n in enumerate(names) if n == finding or n.startswith(f"{finding}_")]
         if finding not in names:
             continue
         k = names.index(finding)
+        cols = [j for j, n in enumerate(names) if n == finding or n.startswith(f"{finding}_")]
         for i, text in enumerate(texts):
             s = stance(str(text or ""), finding)
             y = out[i, k]
