@@ -259,3 +259,21 @@ def test_quickstart_lm_stage_needs_the_corpus_stage(tmp_path):
     cfg = compose("quickstart", [f"paths.run_dir={tmp_path}", "stages=[lm]"])
     with pytest.raises(ConfigError, match="corpus stage"):
         quickstart.run(cfg)
+
+
+def test_tiny_tunes_adamw_betas_and_leaves_sophia_its_own():
+    """lm=tiny's beta2 0.99 reaches AdamW (train-lm and the quickstart's LM stage), while
+    optim=sophia keeps the paper's (0.965, 0.99) and other models keep AdamW's 0.95."""
+    from hydra.utils import instantiate
+
+    def betas(node):
+        return list(instantiate(node.optimizer).keywords["betas"])
+
+    assert betas(compose("train_lm").optim) == [0.9, 0.99]
+    assert betas(compose("quickstart").lm_stage.optim) == [0.9, 0.99]
+    sophia = compose("train_lm", ["optim=sophia"]).optim
+    assert instantiate(sophia.optimizer).func.__name__ == "SophiaG"
+    assert betas(sophia) == [0.965, 0.99]
+    assert betas(compose("train_lm", ["lm=gpt2_124m"]).optim) == [0.9, 0.95]
+    assert betas(compose("train_classifier").optim) == [0.9, 0.95]
+    assert betas(compose("train_lm", ["optim.optimizer.betas=[0.8,0.9]"]).optim) == [0.8, 0.9]
