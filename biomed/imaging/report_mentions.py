@@ -27,7 +27,7 @@ from typing import Literal
 import numpy as np
 
 __all__ = ["MENTION_PATTERNS", "Mention", "disagreements", "mentions", "stance",
-           "text_checked_labels"]
+           "text_checked_labels", "unsupported"]
 
 Mention = Literal["affirmed", "negated", "uncertain"]
 
@@ -118,6 +118,14 @@ def stance(text: str, finding: str) -> Mention | None:
     return None
 
 
+def unsupported(tagged: bool, text_stance: Mention | None) -> bool:
+    """True when the text does not support the label: a tagged finding the text only denies or
+    hedges, or an untagged one it affirms or hedges (a finding never named is supported)."""
+    if tagged:
+        return text_stance in ("negated", "uncertain")
+    return text_stance in ("affirmed", "uncertain")
+
+
 def text_checked_labels(labels: np.ndarray, label_names: Sequence[str],
                         texts: Sequence[str]) -> np.ndarray:
     """``labels`` (N x K, 1/0/NaN) with the pairs the text does not support set to NaN.
@@ -135,10 +143,8 @@ def text_checked_labels(labels: np.ndarray, label_names: Sequence[str],
         k = names.index(finding)
         cols = [j for j, n in enumerate(names) if n == finding or n.startswith(f"{finding}_")]
         for i, text in enumerate(texts):
-            s = stance(str(text or ""), finding)
-            y = out[i, k]
-            if (y == 1 and s in ("negated", "uncertain")) or (y == 0 and s in ("affirmed",
-                                                                             "uncertain")):
+            if out[i, k] in (0, 1) and unsupported(out[i, k] == 1, stance(str(text or ""),
+                                                                            finding)):
                 out[i, cols] = np.nan
     return out
 
@@ -157,8 +163,7 @@ def disagreements(reports) -> dict[str, list[tuple[str, bool, Mention]]]:
         names = {f.name for f in found}
         for finding in MENTION_PATTERNS:
             tagged, s = finding in names, stance(r.text, finding)
-            if (tagged and s in ("negated", "uncertain")) or \
-                    (not tagged and s in ("affirmed", "uncertain")):
+            if unsupported(tagged, s):
                 out[finding].append((r.id, tagged, s))  # type: ignore[arg-type]
     return out
 
