@@ -1,6 +1,6 @@
-"""fp32 matrix products on this CPU: torch's default (MKL) against oneDNN (`biomed.cpu_gemm`).
+"""fp32 matrix products on this CPU: torch's default (MKL) against oneDNN (`biomed.engine.cpu_gemm`).
 
-Baseline: ``torch.mm`` (MKL). Candidate: the same product by `biomed.cpu_gemm.onednn_mm`.
+Baseline: ``torch.mm`` (MKL). Candidate: the same product by `biomed.engine.cpu_gemm.onednn_mm`.
 Shapes: two squares (the machine's peak) and the products of one `lm=tiny` training step at
 batch 8 (1,024 tokens, width 128, MLP 512, vocabulary 8,192; the fused loss works on chunks of
 512 tokens), forward and backward layouts. The two sides alternate, ``--repeats`` times, and the
@@ -23,7 +23,7 @@ import time
 
 import torch
 
-from biomed import cpu_gemm
+from biomed.engine import cpu_gemm
 
 # name, (rows of a, inner, columns of b), transpose a?, transpose b?
 SHAPES = [

@@ -40,7 +40,7 @@ from pydicom import uid as dcm_uid
 from pydicom.dataset import FileDataset, FileMetaDataset
 
 from biomed import sources
-from biomed.imaging.ingest import PNG_COMPRESSION, IngestSettings, ingest
+from biomed.imaging.dicom.ingest import PNG_COMPRESSION, IngestSettings, ingest
 
 ROWS, COLS = 2500, 2000
 

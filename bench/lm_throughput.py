@@ -46,7 +46,7 @@ VARIANTS = {  # trainer overrides of the workbench side ("loss": the loss functi
     "mkl_loss": {"loss": {"gemm": "mkl"}},  # the fused loss's products all in MKL (torch's)
     "onednn_loss": {"loss": {"gemm": "onednn"}},  # logits and weight gradient in oneDNN
     "auto_loss": {"loss": {"gemm": "auto"}},  # whichever wins in isolation (gemm_plan)
-    "glibc_default": {"keep_heap": False},  # glibc's own malloc thresholds (biomed.cpu_malloc)
+    "glibc_default": {"keep_heap": False},  # glibc's own malloc thresholds (biomed.engine.cpu_malloc)
     "mkl_loss_glibc": {"loss": {"gemm": "mkl"}, "keep_heap": False},
     "onednn_loss_glibc": {"loss": {"gemm": "onednn"}, "keep_heap": False},
 }

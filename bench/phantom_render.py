@@ -1,4 +1,4 @@
-"""Phantom rendering speed: images/s of `biomed.imaging.phantom.render` in one process.
+"""Phantom rendering speed: images/s of `biomed.imaging.phantom.render.render` in one process.
 
 Measured: the *dataset mix*, what `data=phantom_iu` renders (each image 0-3 findings drawn at
 random from every renderable finding, with random sides, severities and zones).
@@ -27,8 +27,8 @@ import time
 import numpy as np
 import scipy
 
-from biomed.imaging import phantom
-from biomed.imaging.findings import DEVICES, FINDING_NAMES, SIDES, ZONES, PhantomFinding
+from biomed.imaging.core.findings import DEVICES, FINDING_NAMES, SIDES, ZONES, PhantomFinding
+from biomed.imaging.phantom import render as phantom
 
 TARGET = 200.0  # images/s at 128 px
 
@@ -59,7 +59,7 @@ def rate(findings: list, size: int, shapes, repeats: int) -> float:
 def build_rate(mix: list, size: int, workers: int) -> float:
     """Images/s of the mix rendered as `PhantomIU` builds its cache (``workers`` processes;
     process start-up included)."""
-    from biomed.imaging.phantom_data import _rendered
+    from biomed.imaging.phantom.dataset import _rendered
 
     jobs = [(f, 10_000 + i, size) for i, f in enumerate(mix)]
     t0 = time.perf_counter()

@@ -11,7 +11,7 @@ Fidelity (with ``--classifier_dir``): for each finding in ``FINDING_PROMPTS``, t
 AUROC at telling images whose prompt states the finding from images whose prompt does not
 (the other findings' prompts and the normal prompts), averaged over findings, for each sampler;
 the difference is reported in AUROC points (target: within 2). Without a classifier, or when
-``biomed.imaging.classifier`` is not available, fidelity is skipped with a message.
+``biomed.imaging.classifier.train`` is not available, fidelity is skipped with a message.
 
     python bench/sampling.py [--model_dir RUN_OR_PIPELINE] [--classifier_dir RUN_OR_DIR]
                              [--n 4] [--fast_steps 20] [--slow_steps 1000] [--batch_size 8]
@@ -84,11 +84,11 @@ def load_scorer(classifier_dir: str, device: str):
     """images (N x H x W in [0, 1]) -> (probabilities N x K, label names); None when the
     classifier module is not available."""
     try:
-        from biomed.imaging.classifier import load_classifier, predict_batches
+        from biomed.imaging.classifier.train import load_classifier, predict_batches
     except ImportError as e:
-        print(f"fidelity skipped: biomed.imaging.classifier is not available ({e})")
+        print(f"fidelity skipped: biomed.imaging.classifier.train is not available ({e})")
         return None
-    from biomed.imaging.pixels import resize
+    from biomed.imaging.core.pixels import resize
 
     model, config = load_classifier(classifier_dir, device=device)
     size = tuple(config["input_size"])
@@ -102,7 +102,7 @@ def load_scorer(classifier_dir: str, device: str):
 
 def fidelity(score, images: np.ndarray, findings: list[str]) -> dict[str, float]:
     """Per-finding AUROC (stating vs not stating the finding) and their mean."""
-    from biomed.imaging.metrics import auroc
+    from biomed.imaging.core.metrics import auroc
 
     probs, names = score(images)
     out = {}

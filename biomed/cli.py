@@ -23,11 +23,11 @@ EXPERIMENTS: dict[str, tuple[str, str]] = {
     "evaluate-lm": ("biomed.lm.evaluate",
                     "validation perplexity and multiple-choice accuracy of a causal LM"),
     "generate-text": ("biomed.lm.generate", "sample text from a causal LM (samples.jsonl)"),
-    "train-classifier": ("biomed.imaging.classifier",
+    "train-classifier": ("biomed.imaging.classifier.train",
                          "train a multi-label chest X-ray classifier (classifier/)"),
-    "predict": ("biomed.imaging.predict",
+    "predict": ("biomed.imaging.classifier.predict",
                 "per-finding probabilities from a classifier or CLIP (predictions.csv)"),
-    "train-clip": ("biomed.imaging.clip", "train a CXR-CLIP on image-report pairs (clip/)"),
+    "train-clip": ("biomed.imaging.clip.train", "train a CXR-CLIP on image-report pairs (clip/)"),
     "train-diffusion": ("biomed.imaging.diffusion.train",
                         "train a text-to-X-ray latent diffusion model (pipeline/)"),
     "generate": ("biomed.imaging.diffusion.sample",
@@ -40,11 +40,11 @@ EXPERIMENTS: dict[str, tuple[str, str]] = {
 TOOLS: dict[str, tuple[str, str]] = {
     "data": ("biomed.cli:data_main",
              "fetch, list and export the embedded real data (PubMed, IU reports, DICOM, ...)"),
-    "dicom": ("biomed.imaging.ingest:dicom_main",
+    "dicom": ("biomed.imaging.dicom.ingest:dicom_main",
               "inspect DICOM files; de-identify and ingest a DICOM folder"),
     "pubmed": ("biomed.lm.corpus:pubmed_main",
                "extract PubMed baseline/update XML into a JSONL corpus"),
-    "phantom": ("biomed.imaging.phantom:phantom_main",
+    "phantom": ("biomed.imaging.phantom.render:phantom_main",
                 "render phantom chest X-rays from findings; the grid of every finding"),
     "runs": ("biomed.cli:runs_main", "list runs under outputs/ with status and key metrics"),
 }
@@ -139,7 +139,7 @@ def data_main(argv: list[str]) -> int:
             print(f"{r['item']:<13}{r['size']:>9}  {r['status']:<8} {r['package']:<28} "
                   f"{r['description']}\n{'':<13}licence: {r['licence']}")
         return 0
-    from biomed.imaging.reports import export_reports
+    from biomed.imaging.reports.iu import export_reports
 
     n = export_reports(args.out)
     print(f"wrote {n} reports to {args.out}")

@@ -60,7 +60,7 @@ def _corpus(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
 
 def _reports(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    from biomed.imaging.reports import export_reports
+    from biomed.imaging.reports.iu import export_reports
 
     n = export_reports(run_dir / "reports" / "reports.jsonl", cfg.reports.file)
     return {"iu_reports": n}
@@ -114,7 +114,7 @@ def _phantom(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Render the paired phantom set once (every later stage reads the same cache)."""
     from hydra.utils import instantiate
 
-    from biomed.imaging.pixels import image_grid, write_png16
+    from biomed.imaging.core.pixels import image_grid, write_png16
 
     data_cfg = _command_cfg(cfg, "train_classifier", "phantom", run_dir / "phantom").data
     ds = instantiate(data_cfg, split=None)
@@ -134,7 +134,7 @@ def _phantom(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
 
 def _classifier(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    from biomed.imaging.classifier import train_classifier
+    from biomed.imaging.classifier.train import train_classifier
 
     out = run_dir / "classifier"
     m = train_classifier(_command_cfg(cfg, "train_classifier", "classifier", out), out)
@@ -147,7 +147,7 @@ def _classifier(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
 
 def _clip(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    from biomed.imaging.clip import train_clip
+    from biomed.imaging.clip.train import train_clip
 
     out = run_dir / "clip"
     m = train_clip(_command_cfg(cfg, "train_clip", "clip", out), out)

@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 from torch.utils.data import Dataset
 
 from biomed.config import compose
-from biomed.imaging.datasets import Table
+from biomed.imaging.data.datasets import Table
 from biomed.splits import SPLITS
 
 _SENTENCES = {

@@ -4,7 +4,7 @@ import torch
 from omegaconf import OmegaConf
 
 from biomed.errors import ConfigError
-from biomed.imaging.balance import repeat_factors, repeat_indices, repeat_summary
+from biomed.imaging.core.balance import repeat_factors, repeat_indices, repeat_summary
 
 NAN = float("nan")
 

@@ -20,9 +20,9 @@ from omegaconf import OmegaConf, open_dict
 from biomed import runs
 from biomed.config import compose
 from biomed.errors import ConfigError, InputError
-from biomed.imaging import classifier as C
-from biomed.imaging.datasets import Table
-from biomed.imaging.gradcam import default_target_layer, grad_cam, overlay
+from biomed.imaging.classifier import train as C
+from biomed.imaging.classifier.gradcam import default_target_layer, grad_cam, overlay
+from biomed.imaging.data.datasets import Table
 from biomed.splits import SPLITS
 
 BLOB_LABELS = ["cardiomegaly", "effusion", "effusion_left", "effusion_right"]
@@ -296,7 +296,7 @@ def test_model_card_names_phantom_data_and_its_licence():
 
 
 def test_train_classifier_on_the_chexpert_fixture(tmp_path):
-    from biomed.imaging.datasets import CheXpert
+    from biomed.imaging.data.datasets import CheXpert
     from tests.test_datasets import copy_fixture, with_images
 
     root = copy_fixture("chexpert", tmp_path)

@@ -19,9 +19,9 @@ import torch
 
 from biomed.config import compose
 from biomed.errors import ConfigError, InputError
-from biomed.imaging import clip
-from biomed.imaging import clip_model as cm
-from biomed.imaging.datasets import Table
+from biomed.imaging.clip import model as cm
+from biomed.imaging.clip import train as clip
+from biomed.imaging.data.datasets import Table
 from biomed.splits import assign_split
 
 # ---------------------------------------------------------------------------------------------
@@ -290,7 +290,7 @@ def test_zero_shot_scores_for_predict(trained):
     run, _ = trained
     images = np.random.default_rng(1).random((3, 40, 30)).astype(np.float32)  # any size
     scores, names = clip.zero_shot_scores(run / "clip", images)
-    from biomed.imaging.labels import CANONICAL_NAMES
+    from biomed.imaging.core.labels import CANONICAL_NAMES
 
     assert names == list(CANONICAL_NAMES) and scores.shape == (3, len(CANONICAL_NAMES))
     assert scores.dtype == np.float32 and ((scores >= 0) & (scores <= 1)).all()
@@ -299,7 +299,7 @@ def test_zero_shot_scores_for_predict(trained):
     data = PairedShapes(split="test")
     imgs = np.stack([data[i]["image"] for i in range(len(data))])
     s, _ = clip.zero_shot_scores(run, imgs, findings=["cardiomegaly"])
-    from biomed.imaging.metrics import auroc
+    from biomed.imaging.core.metrics import auroc
 
     assert auroc(data.labels[:, 0], s[:, 0]) > 0.8
 
@@ -331,7 +331,7 @@ def test_bad_clip_folders_give_one_line_errors(trained, tmp_path):
 
 
 def test_train_clip_on_the_mimic_fixture_with_reports(tmp_path):
-    from biomed.imaging.datasets import MimicCxrJpg
+    from biomed.imaging.data.datasets import MimicCxrJpg
     from tests.test_datasets import copy_fixture, with_images
 
     root = copy_fixture("mimic", tmp_path)
@@ -352,7 +352,7 @@ def test_configs_compose():
     assert cfg.command == "train-clip" and cfg.trainer.max_time_s == 120
     assert cfg.trainer.batch_size == 64 and cfg.clip.pretrained is None
     assert cfg.clip.model.vision_cfg.image_size == 64 and cfg.augment.enabled
-    assert cfg.data._target_ == "biomed.imaging.phantom_data.PhantomIU"
+    assert cfg.data._target_ == "biomed.imaging.phantom.dataset.PhantomIU"
     pre = compose("train_clip", ["clip=pretrained", "clip.pretrained=/x"])
     assert pre.clip.pretrained == "/x" and pre.optim.optimizer.lr < 1e-4
     assert callable(clip.main)

@@ -1,4 +1,4 @@
-"""biomed.cpu_gemm: oneDNN products equal torch's; the timing choice picks the faster."""
+"""biomed.engine.cpu_gemm: oneDNN products equal torch's; the timing choice picks the faster."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import time
 import pytest
 import torch
 
-from biomed import cpu_gemm
+from biomed.engine import cpu_gemm
 from biomed.lm.fused_loss import gemm_plan
 
 

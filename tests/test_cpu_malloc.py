@@ -1,4 +1,4 @@
-"""biomed.cpu_malloc: glibc's thresholds are raised once; the CPU engine applies them by config."""
+"""biomed.engine.cpu_malloc: glibc's thresholds are raised once; the CPU engine applies them by config."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from biomed import cpu_malloc
+from biomed.engine import cpu_malloc
 
 GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 
@@ -26,7 +26,7 @@ def test_a_large_buffer_comes_from_the_heap_after_keep_heap():
     heap's arena: mallinfo2's count of mmap'd blocks grows); after keep_heap it is not."""
     code = """
 import ctypes, sys
-from biomed import cpu_malloc
+from biomed.engine import cpu_malloc
 class MallInfo2(ctypes.Structure):
     _fields_ = [(n, ctypes.c_size_t) for n in
                 ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",

@@ -26,10 +26,10 @@ from PIL import Image
 
 from biomed import sources
 from biomed.errors import ConfigError, InputError
-from biomed.imaging import datasets as D
-from biomed.imaging import labels as L
-from biomed.imaging import pixels
-from biomed.imaging.image_cache import ImageCache
+from biomed.imaging.core import labels as L
+from biomed.imaging.core import pixels
+from biomed.imaging.data import datasets as D
+from biomed.imaging.data.image_cache import ImageCache
 
 FIXTURES = Path(__file__).parent / "fixtures" / "datasets"
 IU = Path(__file__).parent / "fixtures" / "iu"
@@ -534,7 +534,7 @@ def test_items_collate_into_batches(nih: Path):
 def test_dicom_paths_go_through_the_dicom_reader(tmp_path: Path, monkeypatch):
     dcm = tmp_path / "a.dcm"
     dcm.write_bytes(b"DICM")
-    fake = types.ModuleType("biomed.imaging.dicom")
+    fake = types.ModuleType("biomed.imaging.dicom.read")
 
     class Options:
         def __init__(self, decode_size=None):
@@ -547,10 +547,10 @@ def test_dicom_paths_go_through_the_dicom_reader(tmp_path: Path, monkeypatch):
         return types.SimpleNamespace(image=np.full((6, 5), 0.25, np.float32))
 
     fake.read_dicom, fake.ReadOptions = read_dicom, Options
-    monkeypatch.setitem(sys.modules, "biomed.imaging.dicom", fake)
-    import biomed.imaging
+    monkeypatch.setitem(sys.modules, "biomed.imaging.dicom.read", fake)
+    import biomed.imaging.dicom
 
-    monkeypatch.setattr(biomed.imaging, "dicom", fake, raising=False)
+    monkeypatch.setattr(biomed.imaging.dicom, "read", fake, raising=False)
     img = D.read_xray(dcm, (4, 3))
     assert img.shape == (6, 5) and seen["size"] == (4, 3)
     del fake.read_dicom

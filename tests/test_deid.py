@@ -14,8 +14,8 @@ from pydicom.dataset import Dataset
 
 from biomed import sources
 from biomed.errors import InputError
-from biomed.imaging import dicom
-from biomed.imaging.deid import (
+from biomed.imaging.dicom import read as dicom
+from biomed.imaging.dicom.deid import (
     FREE_TEXT_ACTIONS,
     BurnedInAnnotation,
     DeidConfig,
@@ -100,7 +100,7 @@ def test_code_meaning_is_rebuilt_from_the_code_never_copied(tmp_path):
 
 def test_code_meanings_agree_with_the_dicom_code_dictionary():
     """The table's meanings are PS3.16's, as pydicom's SR code dictionary (built from it) has."""
-    from biomed.imaging.deid import _CODE_MEANINGS
+    from biomed.imaging.dicom.deid import _CODE_MEANINGS
 
     concepts = pytest.importorskip("pydicom.sr._concepts_dict").concepts  # private: may move
     mapping = pytest.importorskip("pydicom.sr._snomed_dict").mapping

@@ -18,9 +18,9 @@ from pydicom.sequence import Sequence
 
 from biomed import sources
 from biomed.errors import InputError
-from biomed.imaging import dicom
-from biomed.imaging.dicom import ReadOptions, read_dicom
-from biomed.imaging.dicom_write import prompt_hash, synthetic_dataset, write_synthetic_dicom
+from biomed.imaging.dicom import read as dicom
+from biomed.imaging.dicom.read import ReadOptions, read_dicom
+from biomed.imaging.dicom.write import prompt_hash, synthetic_dataset, write_synthetic_dicom
 
 # ---------------------------------------------------------------------------------------------
 # a realistic dataset factory (shared with test_deid.py and test_ingest.py)
@@ -585,7 +585,7 @@ def test_synthetic_dicom_is_marked_and_reads_back_with_the_same_pixels(tmp_path)
                 other.StudyInstanceUID, other.SOPInstanceUID}) == 5  # new UIDs every time
     back = read_dicom(path)
     assert back.meta.photometric == "MONOCHROME2" and back.meta.bits_stored == 16
-    from biomed.imaging.pixels import to_uint16
+    from biomed.imaging.core.pixels import to_uint16
 
     assert np.array_equal(to_uint16(back.image), to_uint16(img))
     assert np.abs(back.image - img).max() <= 0.5 / 65535 + 1e-7

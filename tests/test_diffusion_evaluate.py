@@ -1,5 +1,5 @@
 """`biomed evaluate-generation` (biomed.imaging.diffusion.evaluate) and the generation metrics
-(biomed.imaging.gen_metrics).
+(biomed.imaging.diffusion.gen_metrics).
 
 The fidelity tests use `BlobPhantoms`: the paired phantom dataset (`PhantomIU`, real mechanics:
 reports -> findings -> renders, splits, exact labels, templated reports) with a cheap renderer
@@ -22,12 +22,12 @@ from scipy.signal import convolve2d
 
 from biomed.config import compose
 from biomed.errors import ConfigError, InputError
-from biomed.imaging import gen_metrics as G
-from biomed.imaging.classifier import load_classifier
+from biomed.imaging.classifier.train import load_classifier
+from biomed.imaging.core.findings import PhantomFinding
 from biomed.imaging.diffusion import evaluate as E
-from biomed.imaging.findings import PhantomFinding
-from biomed.imaging.phantom_data import PhantomIU
-from biomed.imaging.reports import Report
+from biomed.imaging.diffusion import gen_metrics as G
+from biomed.imaging.phantom.dataset import PhantomIU
+from biomed.imaging.reports.iu import Report
 
 SIZE = 32
 
@@ -93,7 +93,7 @@ TINY_CNN = ["classifier.model.stem_width=8", "classifier.model.widths=[16,32]",
 @pytest.fixture(scope="module")
 def classifier_dir(tmp_path_factory) -> Path:
     """A small_cnn trained on the blob phantoms' train split through `train-classifier`."""
-    from biomed.imaging import classifier as C
+    from biomed.imaging.classifier import train as C
 
     run = tmp_path_factory.mktemp("classifier") / "run"
     cfg = compose("train_classifier", [
@@ -366,7 +366,7 @@ def test_fid_and_diversity_catch_blank_and_collapsed_generators(test_split, tool
 
 def tiny_clip_dir(folder: Path) -> Path:
     """A random tiny open_clip folder in the workbench's format (32 px)."""
-    from biomed.imaging import clip_model as cm
+    from biomed.imaging.clip import model as cm
 
     texts = ["left pleural effusion", "no pneumothorax", "heart size is normal"] * 4
     tok = cm.train_report_tokenizer(texts, 300, context_length=32)
@@ -424,7 +424,7 @@ def test_run_writes_metrics_table_grid_and_report(tmp_path, classifier_dir, monk
                    "CLIP score", "| cardiomegaly |", "| effusion |", "negated prompt lower",
                    "iu prompts"):
         assert needle in text, needle
-    from biomed.imaging.pixels import png_text, read_image
+    from biomed.imaging.core.pixels import png_text, read_image
 
     grid = read_image(run / "grid.png")
     assert grid.shape == (2 * SIZE + 2, 4 * SIZE + 3 * 2)  # 2 rows of real + 3 samples

@@ -14,9 +14,9 @@ import torch
 
 from biomed.config import compose
 from biomed.errors import ConfigError, InputError
-from biomed.imaging.dicom_write import prompt_hash
+from biomed.imaging.core.pixels import png_text, read_image
+from biomed.imaging.dicom.write import prompt_hash
 from biomed.imaging.diffusion import sample
-from biomed.imaging.pixels import png_text, read_image
 
 PROMPTS = ["Moderate cardiomegaly.", "Large left pleural effusion with adjacent atelectasis."]
 FAST = ["steps=3", "progress=false", "threads=1", "batch_size=3", "device=cpu"]  # fp32: exact

@@ -16,9 +16,9 @@ from pydicom import uid as dcm_uid
 
 from biomed import sources
 from biomed.cli import TOOLS, main
-from biomed.imaging.dicom import ReadOptions, read_dicom
-from biomed.imaging.ingest import ERROR_COLUMNS, MANIFEST_COLUMNS, find_files, shrink
-from biomed.imaging.pixels import to_uint16
+from biomed.imaging.core.pixels import to_uint16
+from biomed.imaging.dicom.ingest import ERROR_COLUMNS, MANIFEST_COLUMNS, find_files, shrink
+from biomed.imaging.dicom.read import ReadOptions, read_dicom
 from tests.test_dicom import identifying_values, make_dataset, save
 
 FOLDER_A = "HOLLOWAY_MARGARET_MRN00482913"
@@ -90,7 +90,7 @@ def _assert_nothing_identifying(out_dir: Path, identifiers: list[str]) -> int:
 
 
 def test_dicom_tool_is_registered():
-    assert TOOLS["dicom"][0] == "biomed.imaging.ingest:dicom_main"
+    assert TOOLS["dicom"][0] == "biomed.imaging.dicom.ingest:dicom_main"
 
 
 def test_ingest_png_with_hashed_paths_leaves_no_identifier(export, tmp_path, capsys):
@@ -353,7 +353,7 @@ def test_bench_naive_loop_saves_png_at_the_ingest_compression_level(tmp_path):
     import importlib.util
     import zlib
 
-    from biomed.imaging.ingest import PNG_COMPRESSION
+    from biomed.imaging.dicom.ingest import PNG_COMPRESSION
 
     bench_file = Path(__file__).resolve().parents[1] / "bench" / "dicom_ingest.py"
     spec = importlib.util.spec_from_file_location("bench_dicom_ingest", bench_file)

@@ -1,4 +1,4 @@
-"""The canonical finding vocabulary and the dataset label mappings (biomed.imaging.labels).
+"""The canonical finding vocabulary and the dataset label mappings (biomed.imaging.core.labels).
 
 Tests marked ``data`` check the hard-coded label lists against the real label tables cached by
 ``biomed data fetch label_tables``.
@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from biomed import sources
-from biomed.imaging import labels as L
+from biomed.imaging.core import labels as L
 
 nan = np.nan
 

@@ -67,7 +67,7 @@ def test_model_card_states_data_terms_and_intended_use():
 @pytest.mark.parametrize(("chunk", "gemm"), [(7, "mkl"), (1024, "mkl"), (7, "onednn"),
                                            (1024, "auto")])
 def test_fused_linear_cross_entropy_matches_the_plain_loss_and_gradients(chunk, gemm):
-    from biomed import cpu_gemm
+    from biomed.engine import cpu_gemm
     from biomed.lm.fused_loss import linear_cross_entropy
 
     if gemm == "onednn" and not cpu_gemm.available():

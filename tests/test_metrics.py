@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from biomed.imaging import metrics
-from biomed.imaging.findings import PhantomFinding, labels_of
-from biomed.imaging.labels import CANONICAL_NAMES
+from biomed.imaging.core import metrics
+from biomed.imaging.core.findings import PhantomFinding, labels_of
+from biomed.imaging.core.labels import CANONICAL_NAMES
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -12,10 +12,11 @@ from scipy import ndimage
 from biomed import sources
 from biomed.cli import main as cli_main
 from biomed.errors import DataNotFetched
-from biomed.imaging import lung_shapes, phantom
-from biomed.imaging.findings import FINDING_NAMES, PhantomFinding, labels_of
-from biomed.imaging.labels import CANONICAL_NAMES
-from biomed.imaging.pixels import png_text, read_image
+from biomed.imaging.core.findings import FINDING_NAMES, PhantomFinding, labels_of
+from biomed.imaging.core.labels import CANONICAL_NAMES
+from biomed.imaging.core.pixels import png_text, read_image
+from biomed.imaging.phantom import render as phantom
+from biomed.imaging.phantom import shapes as lung_shapes
 
 COL = {n: i for i, n in enumerate(CANONICAL_NAMES)}
 SEEDS = (0, 1, 2)

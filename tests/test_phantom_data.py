@@ -1,4 +1,4 @@
-"""The paired dataset ``data=phantom_iu`` (biomed.imaging.phantom_data).
+"""The paired dataset ``data=phantom_iu`` (biomed.imaging.phantom.dataset).
 
 The mechanics (contract, exact labels, splits by report, the render-once cache) are tested with
 a cheap fake renderer; one test renders with the real phantom once it exists.
@@ -20,10 +20,10 @@ import pytest
 from biomed import sources
 from biomed.config import compose
 from biomed.errors import ConfigError
-from biomed.imaging.findings import PhantomFinding, labels_of, parse_findings
-from biomed.imaging.labels import CANONICAL_NAMES
-from biomed.imaging.phantom_data import PhantomIU
-from biomed.imaging.reports import Report
+from biomed.imaging.core.findings import PhantomFinding, labels_of, parse_findings
+from biomed.imaging.core.labels import CANONICAL_NAMES
+from biomed.imaging.phantom.dataset import PhantomIU
+from biomed.imaging.reports.iu import Report
 from biomed.splits import SPLITS, assign_split
 
 CALLS = {"n": 0}
@@ -259,7 +259,7 @@ needs_reports = pytest.mark.skipif(
 @pytest.mark.data
 @needs_reports
 def test_real_renderer_on_real_reports(tmp_path: Path):
-    pytest.importorskip("biomed.imaging.phantom")
+    pytest.importorskip("biomed.imaging.phantom.render")
     ds = PhantomIU(size=32, renders_per_report=1, templates_per_finding=1, max_reports=20,
                    cache_dir=tmp_path / "cache", progress=False)
     assert len(ds) == 20 + 12 and ds.stats["reports"]["total"] == 3955

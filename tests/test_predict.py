@@ -18,10 +18,11 @@ from PIL import Image
 
 from biomed.config import compose
 from biomed.errors import ConfigError, InputError
-from biomed.imaging import classifier as C
-from biomed.imaging import deid, pixels
-from biomed.imaging import predict as P
-from biomed.imaging.dicom_write import synthetic_dataset
+from biomed.imaging.classifier import predict as P
+from biomed.imaging.classifier import train as C
+from biomed.imaging.core import pixels
+from biomed.imaging.dicom import deid
+from biomed.imaging.dicom.write import synthetic_dataset
 
 LABELS = ["cardiomegaly", "effusion_left", "effusion_right"]
 PATIENT, MRN = "HOLLOWAY^JUNE", "MRN-4471923"
@@ -183,9 +184,9 @@ def test_clip_dir_gives_zero_shot_scores(tmp_path, inputs, monkeypatch):
         means = images.mean(axis=(1, 2))
         return np.stack([means, 1 - means], 1), ["cardiomegaly", "effusion"]
 
-    fake = types.ModuleType("biomed.imaging.clip")
+    fake = types.ModuleType("biomed.imaging.clip.train")
     fake.zero_shot_scores = zero_shot_scores
-    monkeypatch.setitem(sys.modules, "biomed.imaging.clip", fake)
+    monkeypatch.setitem(sys.modules, "biomed.imaging.clip.train", fake)
     clip_dir = tmp_path / "clip_run"
     (clip_dir / "clip").mkdir(parents=True)
     (clip_dir / "clip" / "open_clip_config.json").write_text(json.dumps(

@@ -1,5 +1,5 @@
-"""IU MeSH tags -> phantom findings (biomed.imaging.report_findings) and the template report
-writer (biomed.imaging.report_templates).
+"""IU MeSH tags -> phantom findings (biomed.imaging.reports.findings) and the template report
+writer (biomed.imaging.reports.templates).
 
 Tags here are written by hand in the real file's spelling; tests marked ``data`` read the
 cached real reports.
@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from biomed import sources
-from biomed.imaging.findings import FINDING_NAMES, PhantomFinding, labels_of
-from biomed.imaging.labels import CANONICAL, CANONICAL_NAMES, IU_MESH_TO_CANONICAL
-from biomed.imaging.report_findings import (
+from biomed.imaging.core.findings import FINDING_NAMES, PhantomFinding, labels_of
+from biomed.imaging.core.labels import CANONICAL, CANONICAL_NAMES, IU_MESH_TO_CANONICAL
+from biomed.imaging.reports.findings import (
     INCIDENTAL,
     NOT_INDEXED,
     classify,
@@ -24,12 +24,12 @@ from biomed.imaging.report_findings import (
     map_tag,
     positives,
 )
-from biomed.imaging.report_templates import (
+from biomed.imaging.reports.iu import Report
+from biomed.imaging.reports.templates import (
     combinations,
     template_cases,
     write_report,
 )
-from biomed.imaging.reports import Report
 
 F = PhantomFinding
 
@@ -186,7 +186,7 @@ def test_restatements_merge_and_sides_stay_exact():
 
 
 def test_every_renderable_iu_label_mapping_is_drawn():
-    """Every MeSH term that biomed.imaging.labels maps onto a column the phantom draws is drawn
+    """Every MeSH term that biomed.imaging.core.labels maps onto a column the phantom draws is drawn
     as that column here, so phantom labels agree with the real IU labels."""
     drawn = {c.name for c in CANONICAL if c.phantom and c.parent is None} - {"no_finding"}
     for key, targets in IU_MESH_TO_CANONICAL.items():
@@ -231,7 +231,7 @@ needs_reports = pytest.mark.skipif(
 @pytest.mark.data
 @needs_reports
 def test_real_reports_counts():
-    from biomed.imaging.reports import read_reports
+    from biomed.imaging.reports.iu import read_reports
 
     reports = read_reports()
     included, counts = classify_reports(reports)

@@ -1,12 +1,12 @@
-"""The NegEx-style reading of report text (`biomed.imaging.report_mentions`)."""
+"""The NegEx-style reading of report text (`biomed.imaging.reports.mentions`)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from biomed.imaging.report_mentions import mentions, stance, text_checked_labels
-from biomed.imaging.report_templates import template_cases
+from biomed.imaging.reports.mentions import mentions, stance, text_checked_labels
+from biomed.imaging.reports.templates import template_cases
 
 
 @pytest.mark.parametrize(("text", "finding", "expected"), [
@@ -96,9 +96,9 @@ def test_the_iu_reports_whose_text_contradicts_their_effusion_tag():
     """On the real reports: CXR18 ("no definite pleural effusion seen", tagged
     Pleural Effusion/borderline) and the hedged positives are found, and the reading
     disagrees with the tags for few reports (15 of the 3,327 included for effusion)."""
-    from biomed.imaging.report_findings import classify
-    from biomed.imaging.report_mentions import disagreements
-    from biomed.imaging.reports import read_reports
+    from biomed.imaging.reports.findings import classify
+    from biomed.imaging.reports.iu import read_reports
+    from biomed.imaging.reports.mentions import disagreements
 
     reports = read_reports()
     by_id = {r.id: r for r in reports}

@@ -1,4 +1,4 @@
-"""The IU / OpenI chest X-ray reports reader (biomed.imaging.reports).
+"""The IU / OpenI chest X-ray reports reader (biomed.imaging.reports.iu).
 
 Fixtures in tests/fixtures/iu/ are hand-written reports on the exact skeleton of the real
 XML files; the tests pack them into a tgz with the real archive's member layout
@@ -18,7 +18,7 @@ import pytest
 
 from biomed import sources
 from biomed.errors import BiomedError, InputError
-from biomed.imaging.reports import (
+from biomed.imaging.reports.iu import (
     LOCATION_MODIFIERS,
     OTHER_MODIFIERS,
     SEVERITY_MODIFIERS,

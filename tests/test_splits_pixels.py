@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from biomed.errors import InputError
-from biomed.imaging import pixels
+from biomed.imaging.core import pixels
 from biomed.splits import assign_split, assign_splits
 
 

@@ -9,7 +9,7 @@ so only one chunk of logits (``chunk`` x vocabulary) exists at a time and the ba
 only scales the stored gradients. Same arithmetic as the plain path (three matrix products),
 same result up to float rounding (tested).
 
-On the CPU two of the products can run on oneDNN instead of MKL (`biomed.cpu_gemm`): the
+On the CPU two of the products can run on oneDNN instead of MKL (`biomed.engine.cpu_gemm`): the
 (chunk x d) @ (d x V) logits, and the weight gradient computed as (d x chunk) @ (chunk x V), i.e.
 transposed, accumulated in a (d, V) buffer and transposed once at the end. Which library is
 faster depends on the CPU, so each is timed once per process and shape (`gemm_plan`). On this
@@ -23,7 +23,7 @@ import functools
 
 import torch
 
-from biomed import cpu_gemm
+from biomed.engine import cpu_gemm
 
 __all__ = ["GEMM_CHOICES", "gemm_plan", "linear_cross_entropy"]
 

@@ -55,11 +55,11 @@ from torch import nn
 from biomed import runs
 from biomed.errors import BiomedError, ConfigError
 from biomed.hydra_app import hydra_app
-from biomed.imaging import gen_metrics as G
-from biomed.imaging import metrics as M
-from biomed.imaging import pixels
-from biomed.imaging.findings import SEVERITIES, PhantomFinding
-from biomed.imaging.report_templates import write_report
+from biomed.imaging.core import metrics as M
+from biomed.imaging.core import pixels
+from biomed.imaging.core.findings import SEVERITIES, PhantomFinding
+from biomed.imaging.diffusion import gen_metrics as G
+from biomed.imaging.reports.templates import write_report
 
 __all__ = ["LATERALITY_FINDINGS", "NEGATION_FINDINGS", "Case", "ClassifierTool",
            "EvalSettings", "Evaluation", "Generator", "HeldOut", "NegationPair",
@@ -302,8 +302,8 @@ class ClassifierTool:
 
 def clip_embeddings(clip: Any, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
     """Normalised CXR-CLIP image embeddings (N x D) of workbench images of any size."""
-    from biomed.imaging import clip_model as cm
-    from biomed.imaging.clip import encode_images
+    from biomed.imaging.clip import model as cm
+    from biomed.imaging.clip.train import encode_images
 
     device = next(clip.model.parameters()).device
     fitted = cm.fit_images(list(images), clip.preprocess_cfg)
@@ -311,7 +311,7 @@ def clip_embeddings(clip: Any, images: np.ndarray, batch_size: int = 64) -> np.n
 
 
 def clip_text_embeddings(clip: Any, texts: Sequence[str]) -> np.ndarray:
-    from biomed.imaging.clip import encode_texts
+    from biomed.imaging.clip.train import encode_texts
 
     device = next(clip.model.parameters()).device
     return encode_texts(clip.model, clip.tokenizer, list(texts), device=device).numpy()
@@ -632,7 +632,7 @@ def _fidelity_both(held: HeldOut, probs_gen: np.ndarray, probs_real: np.ndarray,
     if not text_check:
         return {"fidelity": fidelity_metrics(held, probs_gen, probs_real, labels,
                                              n_boot=n_boot, seed=seed)}
-    from biomed.imaging.report_mentions import MENTION_PATTERNS, text_checked_labels
+    from biomed.imaging.reports.mentions import MENTION_PATTERNS, text_checked_labels
 
     checked = text_checked_labels(held.labels, held.label_names, held.prompts)
     left_out: dict[str, Any] = {}
@@ -649,7 +649,7 @@ def _fidelity_both(held: HeldOut, probs_gen: np.ndarray, probs_real: np.ndarray,
                                                     n_boot=n_boot, seed=seed),
             "prompt_label_check": {
                 "what": "prompts whose text denies or hedges a finding their tags give, or "
-                        "affirms or hedges one they do not (biomed.imaging.report_mentions), "
+                        "affirms or hedges one they do not (biomed.imaging.reports.mentions), "
                         "left out of that finding's fidelity AUROC", "left_out": left_out}}
 
 
@@ -669,7 +669,7 @@ def _clip_space(clip: Any, gen: np.ndarray, real: np.ndarray, real2: np.ndarray 
 
 
 def _grid(plan: _Plan, bank: Mapping, dataset: Any, rows: int) -> np.ndarray:
-    from biomed.imaging.pixels import image_grid
+    from biomed.imaging.core.pixels import image_grid
 
     tiles = []
     for i in range(rows):
@@ -775,7 +775,7 @@ def _label_check_rows(m: Mapping[str, Any]) -> list[str]:
         return []
     tags = m.get("fidelity_tag_labels") or {}
     rows = ["Prompts left out of a finding's AUROC because their text does not support its "
-            "label (denied or hedged; `biomed.imaging.report_mentions`), and the AUROC on the "
+            "label (denied or hedged; `biomed.imaging.reports.mentions`), and the AUROC on the "
             "tags alone:", "", "| finding | left out (tag positive) | report ids | "
             "generated, tags alone | real, tags alone |", "|---|---|---|---|---|"]
     for name, e in check["left_out"].items():
@@ -931,7 +931,7 @@ def _data_files(cfg: DictConfig) -> list[str]:
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate the pipeline of ``cfg.model_dir`` (``conf/evaluate_generation.yaml``)."""
-    from biomed.imaging.classifier import load_classifier
+    from biomed.imaging.classifier.train import load_classifier
     from biomed.imaging.diffusion.sample import pick_device
 
     _check_required(cfg)
@@ -945,7 +945,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                           batch_size=st.classifier_batch_size)
     clip = None
     if cfg.get("clip_dir"):
-        from biomed.imaging.clip_model import load_clip
+        from biomed.imaging.clip.model import load_clip
 
         clip = load_clip(cfg.clip_dir, device=device)
     with runs.experiment(cfg, _data_files(cfg)) as run_dir:

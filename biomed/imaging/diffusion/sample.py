@@ -40,8 +40,8 @@ from omegaconf import DictConfig
 from biomed import runs
 from biomed.errors import ConfigError, InputError
 from biomed.hydra_app import hydra_app
+from biomed.imaging.core.pixels import image_grid
 from biomed.imaging.diffusion.model import resolve_pipeline_dir
-from biomed.imaging.pixels import image_grid
 
 SCHEDULERS = ("dpmpp", "ddim", "ddpm")
 LATENT_CLIP = 4.0  # in latent standard deviations: beyond 99.99 % of a unit Gaussian
@@ -425,8 +425,8 @@ def read_prompts(prompt: str | None, prompts_file: str | None) -> list[Prompt]:
 
 
 def _write_image(run_dir: Path, name: str, img: np.ndarray, meta: dict, dicom: bool) -> dict:
-    from biomed.imaging.dicom_write import write_synthetic_dicom
-    from biomed.imaging.pixels import write_png16
+    from biomed.imaging.core.pixels import write_png16
+    from biomed.imaging.dicom.write import write_synthetic_dicom
 
     text = {"synthetic": "true", "model_id": meta["model_id"], "prompt": meta["prompt"],
             "seed": str(meta["seed"]), "steps": str(meta["steps"]),
@@ -500,7 +500,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 f.write(json.dumps(line, ensure_ascii=False) + "\n")
         grid = None
         if first:
-            from biomed.imaging.pixels import write_png16
+            from biomed.imaging.core.pixels import write_png16
 
             grid = write_png16(run_dir / "samples" / "grid.png",
                                image_grid(first, cols=min(n, 8) if n > 1 else None),

@@ -42,7 +42,7 @@ from biomed import runs
 from biomed.engine import Engine
 from biomed.errors import ConfigError
 from biomed.hydra_app import hydra_app
-from biomed.imaging import balance, pixels
+from biomed.imaging.core import balance, pixels
 from biomed.imaging.diffusion import model as dm
 from biomed.imaging.diffusion.sample import generate_images
 from biomed.imaging.diffusion.text_encoders import TextEncoder, encode, tokenize

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from biomed.imaging.findings import (
+from biomed.imaging.core.findings import (
     FINDING_NAMES,
     SEVERITIES,
     SIDES,

@@ -8,7 +8,7 @@ Annotation ``NO``, fresh UIDs, and a patient that is plainly not one (``SYNTHETI
 
 Pixels are stored as 16-bit MONOCHROME2, ``round(x * 65535)`` like the workbench's 16-bit PNGs,
 with the identity window 32768/65536 (PS3.3 C.11.2.1.2: ``y = x / 65535`` exactly), so that the
-reader in `biomed.imaging.dicom` gives back the same pixels.
+reader in `biomed.imaging.dicom.read` gives back the same pixels.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import numpy as np
 from pydicom import uid as dcm_uid
 from pydicom.dataset import FileDataset, FileMetaDataset
 
-from biomed.imaging.pixels import check_image, to_uint16
+from biomed.imaging.core.pixels import check_image, to_uint16
 
 SYNTHETIC_PATIENT = "SYNTHETIC^NOT A PATIENT"
 

@@ -12,7 +12,7 @@ classifier trained on them needs the parent, while the phantom and prompt-fideli
 the sides. The parent is the logical OR of its sides (`complete_sides`).
 
 Real datasets keep their own label names as their primary labels; the mappings below turn them
-into canonical columns on request (``labels="canonical"`` in `biomed.imaging.datasets`). Values
+into canonical columns on request (``labels="canonical"`` in `biomed.imaging.data.datasets`). Values
 follow three-valued logic: 1 (present), 0 (absent), NaN (unknown). A canonical column with no
 source label in a dataset is NaN for that dataset, never a silent 0. Several source labels
 mapped to one canonical column combine as an OR: 1 if any is 1, 0 if all are 0, else NaN.
@@ -321,7 +321,7 @@ VINDR_TO_CANONICAL: dict[str, tuple[str, ...]] = {
 }
 
 # ---------------------------------------------------------------------------------------------
-# IU / OpenI reports: MeSH major tags (biomed.imaging.reports.Finding). A key is a MeSH term,
+# IU / OpenI reports: MeSH major tags (biomed.imaging.reports.iu.Finding). A key is a MeSH term,
 # or "Term/modifier" when the modifier is what makes the finding ('Lung/hypoinflation').
 # Side comes from Finding.side. 'normal' is the tag of a report read as normal.
 

@@ -1,8 +1,8 @@
 """Phantom chest radiographs: a PA chest X-ray rendered from structured findings, with exact truth.
 
 No package pairs a real chest radiograph with its report, so the workbench's default image data
-is a phantom drawn from `biomed.imaging.findings.PhantomFinding` lists, on lung fields taken from
-517 real lung masks (`biomed.imaging.lung_shapes`).
+is a phantom drawn from `biomed.imaging.core.findings.PhantomFinding` lists, on lung fields taken from
+517 real lung masks (`biomed.imaging.phantom.shapes`).
 
 How an image is made (vectorised numpy on the output grid, a few milliseconds at 128 px):
 
@@ -39,9 +39,9 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 from scipy import ndimage
 
-from biomed.imaging.findings import DEVICES, SEVERITIES, ZONES, PhantomFinding, parse_findings
-from biomed.imaging.lung_shapes import LungShapes, load_lung_shapes
-from biomed.imaging.pixels import write_png16
+from biomed.imaging.core.findings import DEVICES, SEVERITIES, ZONES, PhantomFinding, parse_findings
+from biomed.imaging.core.pixels import write_png16
+from biomed.imaging.phantom.shapes import LungShapes, load_lung_shapes
 from biomed.outpaths import check_creatable
 
 __all__ = ["THORAX_MM", "default_shapes", "parse_finding_spec", "phantom_grid", "phantom_main",

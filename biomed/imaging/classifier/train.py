@@ -41,8 +41,8 @@ from biomed import runs
 from biomed.engine import Engine
 from biomed.errors import BiomedError, ConfigError, InputError
 from biomed.hydra_app import hydra_app
-from biomed.imaging import metrics as M
-from biomed.imaging.labels import SIDED
+from biomed.imaging.core import metrics as M
+from biomed.imaging.core.labels import SIDED
 from biomed.splits import SPLITS
 
 SUBDIR = "classifier"
@@ -64,7 +64,7 @@ class XrayClassifier(nn.Module):
     ``forward`` takes B x 1 x H x W (or B x H x W) images in [0, 1], normalises them with the
     training data's ``mean``/``std`` (buffers, saved with the weights), replicates the gray
     channel when the network wants more than one, and returns B x K logits.
-    ``cam_layer_name`` names the layer Grad-CAM looks at by default (`biomed.imaging.gradcam`).
+    ``cam_layer_name`` names the layer Grad-CAM looks at by default (`biomed.imaging.classifier.gradcam`).
     """
 
     def __init__(self, net: nn.Module, *, in_chans: int = 1, mean: float = 0.5,
@@ -349,7 +349,7 @@ def augment_batch(x: torch.Tensor, cfg: Mapping[str, Any]) -> torch.Tensor:
 
 def load_splits(data_cfg: DictConfig) -> dict[str, Any]:
     """train / val / test datasets of a ``data`` config (the dataset contract of
-    `biomed.imaging.datasets`): built once and split when the class can (``with_split``),
+    `biomed.imaging.data.datasets`): built once and split when the class can (``with_split``),
     else instantiated once per split."""
     from hydra.utils import get_class
 
@@ -506,7 +506,7 @@ def choose_threshold(y: np.ndarray, s: np.ndarray, rule: str = "youden") -> floa
 
 def side_accuracy(labels: np.ndarray, probs: np.ndarray, names: Sequence[str], *,
                   n_boot: int = 1000, seed: int = 0) -> dict[str, dict[str, Any]]:
-    """Left/right accuracy of each sided finding (`biomed.imaging.labels.SIDED`).
+    """Left/right accuracy of each sided finding (`biomed.imaging.core.labels.SIDED`).
 
     Among images positive for the parent with exactly one side positive (and the other side
     known negative), the share where the higher of the two side probabilities is the true side.
@@ -653,7 +653,7 @@ def model_card(config: Mapping[str, Any], metrics: Mapping[str, Any]) -> str:
         f"Input: {config['pixel_convention']}; input size {config['input_size']}. Output: one "
         "logit per label (sigmoid for probabilities); `thresholds` in `config.json` were chosen "
         f"on the validation split ({config.get('threshold_rule')}).", "",
-        "```python", "from biomed.imaging.classifier import load_classifier",
+        "```python", "from biomed.imaging.classifier.train import load_classifier",
         "model, config = load_classifier('path/to/classifier')", "```", "",
         "## Training", "",
         f"Steps {metrics.get('steps')}, {metrics.get('train_seconds', 0):.0f} s of training, "

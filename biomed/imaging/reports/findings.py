@@ -1,7 +1,7 @@
 """From the real IU reports to the findings the phantom renders.
 
 Each IU report carries hand-indexed MeSH major tags (``Pleural Effusion/left/small``,
-``Opacity/lung/base/left``, ``Cardiomegaly/mild``; parsed by `biomed.imaging.reports`). This
+``Opacity/lung/base/left``, ``Cardiomegaly/mild``; parsed by `biomed.imaging.reports.iu`). This
 module turns a report's tags into `PhantomFinding` objects (name, side, severity, zone, device)
 so that the phantom can draw an image whose findings are those of the real report text.
 
@@ -22,7 +22,7 @@ Every tag gets exactly one of four fates (`map_tag`):
 - **excluded**: a finding the phantom cannot render (fracture, pleural thickening, hilar
   enlargement, interstitial disease...). The report is left out and counted under the tag.
 
-Decisions worth knowing (the data behind them: `python -m biomed.imaging.report_findings`):
+Decisions worth knowing (the data behind them: `python -m biomed.imaging.reports.findings`):
 
 - ``Opacity``, ``Density``, ``Infiltrate`` in the lung are *soft* findings: consolidation by
   default, a nodule when ``round``, atelectasis when ``streaky`` (linear). Indexers tag one
@@ -33,7 +33,7 @@ Decisions worth knowing (the data behind them: `python -m biomed.imaging.report_
 - ``Pneumonia`` is a diagnosis, not a sign; on a radiograph it is seen as airspace
   consolidation, so it maps to a soft consolidation at its side and zone (42 reports are
   tagged, 38 of them included). The ``pneumonia`` label of a phantom stays 0, as for every
-  phantom (``phantom=False`` in `biomed.imaging.labels`: the renderer never draws a diagnosis).
+  phantom (``phantom=False`` in `biomed.imaging.core.labels`: the renderer never draws a diagnosis).
 - Devices: the phantom draws an endotracheal tube or a central line. Catheters are central
   lines, tracheal tubes endotracheal tubes; pacemaker/ICD leads are drawn as a central line
   (they run the same course); other devices (valves, monitor leads, enteric tubes) get
@@ -55,8 +55,8 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
-from biomed.imaging.findings import PhantomFinding
-from biomed.imaging.reports import Finding, Report, parse_mesh_tag
+from biomed.imaging.core.findings import PhantomFinding
+from biomed.imaging.reports.iu import Finding, Report, parse_mesh_tag
 
 __all__ = [
     "INCIDENTAL",
@@ -605,8 +605,8 @@ def summary(reports: Iterable[Report]) -> dict[str, object]:
 
 
 def main() -> None:
-    """Print the counts on the cached IU reports (``python -m biomed.imaging.report_findings``)."""
-    from biomed.imaging.reports import read_reports
+    """Print the counts on the cached IU reports (``python -m biomed.imaging.reports.findings``)."""
+    from biomed.imaging.reports.iu import read_reports
 
     s = summary(read_reports())
     print("reports / excluded by reason:")

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from biomed.errors import ConfigError
-from biomed.imaging import pixels
+from biomed.imaging.core import pixels
 
 __all__ = ["default_target_layer", "grad_cam", "overlay"]
 

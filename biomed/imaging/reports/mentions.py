@@ -1,6 +1,6 @@
 """What a report's text says about a finding: affirmed, negated or uncertain (NegEx-style).
 
-The phantom's labels come from the IU reports' MeSH tags (`biomed.imaging.report_findings`),
+The phantom's labels come from the IU reports' MeSH tags (`biomed.imaging.reports.findings`),
 which hand indexers attached to the text. A few tags disagree with the text they index: report
 CXR18 reads "no definite pleural effusion seen" and is tagged ``Pleural Effusion/borderline``;
 others hedge ("scarring and/or effusion", "possible small effusions") where the tags say yes or
@@ -153,7 +153,7 @@ def disagreements(reports) -> dict[str, list[tuple[str, bool, Mention]]]:
     """Per finding of `MENTION_PATTERNS`: (report id, tagged?, text stance) of every included
     report whose text does not support its phantom label (what `text_checked_labels` leaves
     out when the report is a prompt)."""
-    from biomed.imaging.report_findings import classify
+    from biomed.imaging.reports.findings import classify
 
     out: dict[str, list[tuple[str, bool, Mention]]] = {f: [] for f in MENTION_PATTERNS}
     for r in reports:
@@ -170,8 +170,8 @@ def disagreements(reports) -> dict[str, list[tuple[str, bool, Mention]]]:
 
 def main() -> None:
     """Print the disagreements on the cached IU reports
-    (``python -m biomed.imaging.report_mentions``)."""
-    from biomed.imaging.reports import read_reports
+    (``python -m biomed.imaging.reports.mentions``)."""
+    from biomed.imaging.reports.iu import read_reports
 
     for finding, rows in disagreements(read_reports()).items():
         print(f"{finding}: {len(rows)} included reports whose text does not support the label")

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from biomed.imaging.labels import CANONICAL_NAMES, SIDED, complete_no_finding
+from biomed.imaging.core.labels import CANONICAL_NAMES, SIDED, complete_no_finding
 
 __all__ = ["DEVICES", "FINDING_NAMES", "SEVERITIES", "SIDES", "ZONES", "PhantomFinding",
            "labels_of", "parse_findings"]

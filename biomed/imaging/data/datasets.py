@@ -6,11 +6,11 @@ CSV) is an `XrayDataset`, in the manner of torchxrayvision:
 - ``labels``: N x K float32, 1 / 0 / NaN (NaN = unknown: not mentioned, uncertain under the
   ``ignore`` policy, or a finding the dataset cannot express); ``label_names``: the K names.
   A dataset's own label names are the default (``labels="dataset"``); ``labels="canonical"``
-  maps them onto the workbench vocabulary (`biomed.imaging.labels`). Both stay available as
+  maps them onto the workbench vocabulary (`biomed.imaging.core.labels`). Both stay available as
   ``dataset_labels`` / ``dataset_label_names``.
 - ``metadata``: a row-aligned `Table` (columns ``id``, ``patient_id``, ``path``, ``view``,
   ``split`` and the dataset's own fields); no pandas.
-- ``ds[i]``: a dict with ``image`` (float32 H x W in [0, 1], lungs dark: `biomed.imaging.pixels`),
+- ``ds[i]``: a dict with ``image`` (float32 H x W in [0, 1], lungs dark: `biomed.imaging.core.pixels`),
   ``labels`` (K float32), ``id``, ``patient_id``, ``index`` and, for datasets with report text,
   ``report`` ("" where a row's report is unknown, so that batches still collate).
 - ``split="train" | "val" | "test"`` selects rows by `biomed.splits.assign_split` of the patient id
@@ -22,7 +22,7 @@ CSV) is an `XrayDataset`, in the manner of torchxrayvision:
   160k-row table takes seconds: build once with ``split=None`` and take ``ds.with_split(s)``.
 - ``size`` resizes every image (squashed to a square for an int: the aspect ratio of a
   radiograph is not a finding); with ``cache_dir`` the images are decoded and resized once into
-  a memory-mapped cache (`biomed.imaging.image_cache`) that every epoch and run reads, and
+  a memory-mapped cache (`biomed.imaging.data.image_cache`) that every epoch and run reads, and
   unreadable files are dropped from the dataset with their reason in ``skipped``.
 
 Missing files and malformed tables raise `InputError` naming the file and the reason.
@@ -48,9 +48,9 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from biomed.errors import ConfigError, InputError
-from biomed.imaging import labels as L
-from biomed.imaging import pixels
-from biomed.imaging.image_cache import ImageCache
+from biomed.imaging.core import labels as L
+from biomed.imaging.core import pixels
+from biomed.imaging.data.image_cache import ImageCache
 from biomed.splits import DEFAULT_FRACTIONS, SPLITS, assign_split
 
 __all__ = [
@@ -233,17 +233,17 @@ def _read_jpeg_reduced(path: Path, size: Sequence[int]) -> np.ndarray:
 
 
 def _read_dicom(path: Path, size: Sequence[int] | None) -> np.ndarray:
-    """DICOM through `biomed.imaging.dicom.read_dicom` (imported here: pydicom is heavy)."""
+    """DICOM through `biomed.imaging.dicom.read.read_dicom` (imported here: pydicom is heavy)."""
     if not path.is_file():
         raise InputError(path, "file not found")
     try:
-        from biomed.imaging import dicom
+        from biomed.imaging.dicom import read as dicom
     except ImportError as e:
-        raise InputError(path, f"cannot read DICOM: biomed.imaging.dicom is not available "
+        raise InputError(path, f"cannot read DICOM: biomed.imaging.dicom.read is not available "
                                f"({e})") from None
     reader = getattr(dicom, "read_dicom", None)
     if reader is None:
-        raise InputError(path, "cannot read DICOM: biomed.imaging.dicom has no read_dicom")
+        raise InputError(path, "cannot read DICOM: biomed.imaging.dicom.read has no read_dicom")
     options = None
     if size is not None and hasattr(dicom, "ReadOptions"):
         try:  # JPEG 2000 may then stop at a wavelet level still >= size on each side
@@ -822,7 +822,7 @@ class OpenI(XrayDataset):
     ``reports`` is the report tarball ``NLMCXR_reports.tgz`` (None: the cached one from
     ``biomed data fetch iu_reports``); ``image_dir`` the folder of ``NLMCXR_png.tgz``, named by
     the reports' image ids (``CXR1_1_IM-0001-3001.png``). The report text is the impression
-    then the findings (`biomed.imaging.reports.Report.text`). Patients are not identified in
+    then the findings (`biomed.imaging.reports.iu.Report.text`). Patients are not identified in
     OpenI, so the report id stands for the patient. Own labels: "normal" and every MeSH major
     term in the reports (or ``label_names``); reports tagged "No Indexing" are unknown (NaN).
     Reports without images are left out (counted in ``reports_without_images``). Views are
@@ -834,7 +834,7 @@ class OpenI(XrayDataset):
 
     def __init__(self, image_dir: str | Path, *, reports: str | Path | None = None,
                  label_names: Sequence[str] | None = None, **options: Any) -> None:
-        from biomed.imaging.reports import read_reports
+        from biomed.imaging.reports.iu import read_reports
 
         folder = _root(image_dir, "OpenI image")
         all_reports = read_reports(reports)

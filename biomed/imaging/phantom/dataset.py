@@ -1,9 +1,9 @@
 """``data=phantom_iu``: phantom chest radiographs paired with real IU report text.
 
 No package pairs a real chest X-ray with its report, so the workbench's default image data is a
-phantom rendered from the findings of a real report (`biomed.imaging.report_findings`), paired
+phantom rendered from the findings of a real report (`biomed.imaging.reports.findings`), paired
 with that report's text (impression first, then findings: ``Report.text``). Scarce findings get
-templated reports as well (`biomed.imaging.report_templates`), flagged ``source="template"``.
+templated reports as well (`biomed.imaging.reports.templates`), flagged ``source="template"``.
 Ground truth is exact: the labels are those of the findings the renderer actually drew.
 
 - Every included report is rendered ``renders_per_report`` times (another anatomy, pose and
@@ -18,7 +18,7 @@ Ground truth is exact: the labels are those of the findings the renderer actuall
   folder renamed at the end, so an interrupted build never leaves a cache that looks complete,
   and the three splits (and every later run) read the same cache.
 
-Items follow the dataset contract (`biomed.imaging.datasets`): ``image`` (float32 H x W in
+Items follow the dataset contract (`biomed.imaging.data.datasets`): ``image`` (float32 H x W in
 [0, 1]), ``labels`` (``CANONICAL_NAMES`` order, 1/0), ``report``, ``id``, ``report_id``,
 ``index``, ``source``. The report text is CC BY-NC-ND 4.0 (IU / OpenI); images are phantoms.
 """
@@ -47,13 +47,13 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from biomed.errors import ConfigError
-from biomed.imaging import pixels
-from biomed.imaging.datasets import SplitRows, Table
-from biomed.imaging.findings import PhantomFinding, labels_of, parse_findings
-from biomed.imaging.labels import CANONICAL_NAMES
-from biomed.imaging.report_findings import MAPPING_VERSION, classify_reports, positives
-from biomed.imaging.report_templates import TEMPLATE_VERSION, check_extra, template_cases
-from biomed.imaging.reports import Report, read_reports
+from biomed.imaging.core import pixels
+from biomed.imaging.core.findings import PhantomFinding, labels_of, parse_findings
+from biomed.imaging.core.labels import CANONICAL_NAMES
+from biomed.imaging.data.datasets import SplitRows, Table
+from biomed.imaging.reports.findings import MAPPING_VERSION, classify_reports, positives
+from biomed.imaging.reports.iu import Report, read_reports
+from biomed.imaging.reports.templates import TEMPLATE_VERSION, check_extra, template_cases
 from biomed.splits import DEFAULT_FRACTIONS, SPLITS, assign_split
 
 __all__ = ["FORMAT", "PhantomIU", "Renderer", "default_renderer", "renderer_version"]
@@ -61,7 +61,7 @@ __all__ = ["FORMAT", "PhantomIU", "Renderer", "default_renderer", "renderer_vers
 log = logging.getLogger(__name__)
 
 FORMAT = "biomed-phantom-iu-v1"
-DEFAULT_RENDERER = "biomed.imaging.phantom:render_with_info"
+DEFAULT_RENDERER = "biomed.imaging.phantom.render:render_with_info"
 
 #: ``renderer(findings, seed=, size=) -> (image float32 H x W in [0, 1], info)`` with
 #: ``info["findings"]`` the findings as drawn (sides and zones resolved) and
@@ -165,7 +165,7 @@ class PhantomIU(SplitRows, Dataset):
         cache_dir: where the rendered set is kept (None: render in memory, nothing kept).
         max_reports: use only the first N included IU reports (smoke runs, tests).
         renderer: ``(findings, seed=, size=) -> (image, info)``, or ``"module:function"``;
-            None: `biomed.imaging.phantom.render_with_info`.
+            None: `biomed.imaging.phantom.render.render_with_info`.
         progress: show a progress bar while rendering.
         transform: applied to each item's image.
     """
@@ -244,7 +244,7 @@ class PhantomIU(SplitRows, Dataset):
                  ) -> tuple[str, Callable[[], list[Report]]]:
         """(a content hash of the reports, a loader that reads them only when rendering)."""
         if reports is None or isinstance(reports, str | Path):
-            from biomed.imaging.reports import default_path
+            from biomed.imaging.reports.iu import default_path
 
             path = Path(reports).expanduser() if reports is not None else default_path()
             if not path.is_file():

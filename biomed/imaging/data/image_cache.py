@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from biomed.errors import BiomedError, ConfigError
-from biomed.imaging import pixels
+from biomed.imaging.core import pixels
 
 __all__ = ["FORMAT", "BuildResult", "ImageCache"]
 

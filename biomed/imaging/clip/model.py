@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from biomed.errors import ConfigError, InputError
-from biomed.imaging import pixels
+from biomed.imaging.core import pixels
 
 CLIP_SUBDIR = "clip"
 CONFIG_NAME = "open_clip_config.json"

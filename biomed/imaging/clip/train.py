@@ -2,7 +2,7 @@
 zero-shot classification and retrieval.
 
 Training (`train_clip`): the report tokenizer (a small BPE on the training split's reports, or
-the tokenizer of ``clip.pretrained``), the open_clip model (`biomed.imaging.clip_model`), the
+the tokenizer of ``clip.pretrained``), the open_clip model (`biomed.imaging.clip.model`), the
 InfoNCE loss of CLIP (Radford et al. 2021) with a learnable temperature, through the shared
 engine, with mild augmentation (no horizontal flip: it swaps left and right findings). Renders
 of one report share their text: the pairs of a batch with the same text are all positives of
@@ -39,9 +39,9 @@ from biomed import runs
 from biomed.engine import Engine
 from biomed.errors import ConfigError
 from biomed.hydra_app import hydra_app
-from biomed.imaging import clip_model as cm
-from biomed.imaging import metrics as M
-from biomed.imaging.labels import CANONICAL_NAMES
+from biomed.imaging.clip import model as cm
+from biomed.imaging.core import metrics as M
+from biomed.imaging.core.labels import CANONICAL_NAMES
 
 __all__ = ["PROMPTS", "SIDED_PROMPTS", "EvalItems", "class_probabilities", "encode_images", "encode_texts", "evaluate_clip",
            "load_eval_items", "prompt_classes", "retrieval_metrics", "run", "train_clip",

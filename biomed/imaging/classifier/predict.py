@@ -2,10 +2,10 @@
 
 ``classifier_dir=`` (a `biomed train-classifier` run or its ``classifier/`` folder) gives one
 probability per finding and the call at the threshold saved with the model; ``clip_dir=`` (a
-`biomed train-clip` run) gives CXR-CLIP zero-shot scores (`biomed.imaging.clip.zero_shot_scores`).
+`biomed train-clip` run) gives CXR-CLIP zero-shot scores (`biomed.imaging.clip.train.zero_shot_scores`).
 ``inputs=`` is a folder (searched recursively; hidden files ignored), a file, a glob or a list of
-them; PNG/JPEG/TIFF files are read with `biomed.imaging.pixels.read_image`, everything else as
-DICOM, which is de-identified (`biomed.imaging.deid`, PS3.15 Basic Profile) before its pixels are
+them; PNG/JPEG/TIFF files are read with `biomed.imaging.core.pixels.read_image`, everything else as
+DICOM, which is de-identified (`biomed.imaging.dicom.deid`, PS3.15 Basic Profile) before its pixels are
 decoded. Images are resized (squashed) to the classifier's input size.
 
 Outputs in the run folder: ``predictions.csv`` (``id``, ``source``, ``kind``, one column per
@@ -39,10 +39,10 @@ from omegaconf import DictConfig, ListConfig
 from biomed import runs
 from biomed.errors import ConfigError, InputError
 from biomed.hydra_app import hydra_app
-from biomed.imaging import deid as deid_mod
-from biomed.imaging import pixels
-from biomed.imaging.dicom import ReadOptions, dataset_to_image, read_dataset
-from biomed.imaging.ingest import default_key_file, find_files
+from biomed.imaging.core import pixels
+from biomed.imaging.dicom import deid as deid_mod
+from biomed.imaging.dicom.ingest import default_key_file, find_files
+from biomed.imaging.dicom.read import ReadOptions, dataset_to_image, read_dataset
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
 PREDICTIONS = "predictions.csv"
@@ -164,7 +164,7 @@ class _ClassifierScorer:
     kind = "classifier"
 
     def __init__(self, path: str, device: str):
-        from biomed.imaging.classifier import load_classifier, resolve_classifier_dir
+        from biomed.imaging.classifier.train import load_classifier, resolve_classifier_dir
 
         self.folder = resolve_classifier_dir(path)
         self.model, self.config = load_classifier(self.folder, device)
@@ -192,7 +192,7 @@ class _ClassifierScorer:
 
 
 class _ClipScorer:
-    """Zero-shot scores of a CXR-CLIP model (`biomed.imaging.clip.zero_shot_scores`).
+    """Zero-shot scores of a CXR-CLIP model (`biomed.imaging.clip.train.zero_shot_scores`).
 
     Images are squashed to the model's input size (``preprocess_cfg.size`` of its
     ``open_clip_config.json``; 224 when it says none) so that a batch stacks.
@@ -209,7 +209,7 @@ class _ClipScorer:
         return list(self.findings or [])
 
     def score(self, images: Sequence[np.ndarray]) -> list[dict[str, Any]]:
-        clip = importlib.import_module("biomed.imaging.clip")  # lazily: open_clip is heavy
+        clip = importlib.import_module("biomed.imaging.clip.train")  # lazily: open_clip is heavy
         fn = clip.zero_shot_scores
         extra = {"device": self.device} if "device" in inspect.signature(fn).parameters else {}
         batch = np.stack([pixels.resize(im, self.size) for im in images])
@@ -307,7 +307,7 @@ def _write_csv(path: Path, columns: Sequence[str], rows: Sequence[dict[str, Any]
 def _model_files(cfg: DictConfig) -> list[Path]:
     """Weights recorded in provenance.json (never the inputs: their paths may hold names)."""
     if cfg.get("classifier_dir"):
-        from biomed.imaging.classifier import WEIGHTS, resolve_classifier_dir
+        from biomed.imaging.classifier.train import WEIGHTS, resolve_classifier_dir
 
         try:
             return [resolve_classifier_dir(cfg.classifier_dir) / WEIGHTS]

@@ -1,8 +1,8 @@
 """`biomed dicom inspect|ingest`: look at DICOM files; de-identify and ingest a DICOM folder.
 
 ``ingest`` walks SRC_DIR recursively and, for every file, in a pool of processes (one per core):
-parses it, de-identifies it (`biomed.imaging.deid`, before anything is written), decodes it
-(`biomed.imaging.dicom`) and writes ``OUT_DIR/images/<id>.png`` (16-bit, the workbench
+parses it, de-identifies it (`biomed.imaging.dicom.deid`, before anything is written), decodes it
+(`biomed.imaging.dicom.read`) and writes ``OUT_DIR/images/<id>.png`` (16-bit, the workbench
 convention) or, with ``--format dicom``, the de-identified DICOM. Each written image gets a row in
 ``manifest.csv``; each skipped file a row in ``errors.csv`` (``source``, ``reason``).
 
@@ -45,9 +45,9 @@ import numpy as np
 from PIL import Image, PngImagePlugin
 
 from biomed.errors import ConfigError, InputError
-from biomed.imaging import deid as deid_mod
-from biomed.imaging.dicom import ReadOptions, dataset_to_image, read_dataset
-from biomed.imaging.pixels import to_uint16
+from biomed.imaging.core.pixels import to_uint16
+from biomed.imaging.dicom import deid as deid_mod
+from biomed.imaging.dicom.read import ReadOptions, dataset_to_image, read_dataset
 from biomed.outpaths import check_creatable
 
 MANIFEST = "manifest.csv"
@@ -414,7 +414,7 @@ def _check_settings(out: Path, settings: IngestSettings, key_id: str) -> None:
 def inspect_files(paths: Sequence[str | Path], options: ReadOptions | None = None,
                   header_only: bool = False) -> list[dict[str, Any]]:
     """One record per file: ``ok``, ``error`` (the reason) and the technical metadata."""
-    from biomed.imaging.dicom import metadata
+    from biomed.imaging.dicom.read import metadata
 
     records = []
     for path in paths:

@@ -61,7 +61,7 @@ class TrainerConfig:
     distributed: str = "none"  # none | ddp | fsdp (the process count comes from accelerate launch)
     threads: int | None = None  # CPU threads per process; None: all cores / processes per node
     num_workers: int = 0  # DataLoader workers (0 on CPU: a worker competes for the same cores)
-    keep_heap: bool = True  # CPU: keep large freed buffers in glibc's heap (biomed.cpu_malloc)
+    keep_heap: bool = True  # CPU: keep large freed buffers in glibc's heap (biomed.engine.cpu_malloc)
     max_steps: int = 100  # optimizer steps
     batch_size: int = 8  # per process, per micro-batch
     grad_accum: int = 1  # micro-batches per optimizer step
@@ -284,7 +284,7 @@ class Engine:
             local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
             torch.set_num_threads(self.cfg.threads or max(1, (os.cpu_count() or 1) // local))
             if self.cfg.keep_heap:
-                from biomed import cpu_malloc
+                from biomed.engine import cpu_malloc
 
                 cpu_malloc.keep_heap()
         self.precision = self.cfg.mixed_precision
