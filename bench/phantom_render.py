@@ -28,7 +28,9 @@ import numpy as np
 import scipy
 
 from biomed.imaging.core.findings import DEVICES, FINDING_NAMES, SIDES, ZONES, PhantomFinding
+from biomed.imaging.phantom import layers
 from biomed.imaging.phantom import render as phantom
+from biomed.imaging.phantom.shapes import default_shapes
 
 TARGET = 200.0  # images/s at 128 px
 
@@ -80,10 +82,10 @@ def main() -> None:
     sizes = [int(s) for s in args.sizes.split(",")]
 
     t0 = time.perf_counter()
-    shapes = phantom.default_shapes()
+    shapes = default_shapes()
     for k in range(len(shapes)):
-        phantom._shape_layers(shapes, k)
-    phantom._vessel_bank()
+        layers.shape_layers(shapes, k)
+    layers.vessel_bank()
     warm = time.perf_counter() - t0
     print(f"machine: {platform.machine()} {platform.processor() or ''}, "
           f"{os.cpu_count()} CPUs, python {platform.python_version()}, numpy {np.__version__}, "

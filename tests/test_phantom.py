@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,8 +17,12 @@ from biomed.errors import DataNotFetched
 from biomed.imaging.core.findings import FINDING_NAMES, PhantomFinding, labels_of
 from biomed.imaging.core.labels import CANONICAL_NAMES
 from biomed.imaging.core.pixels import png_text, read_image
+from biomed.imaging.phantom import lesions, tool
 from biomed.imaging.phantom import render as phantom
+from biomed.imaging.phantom import scene as phantom_scene
 from biomed.imaging.phantom import shapes as lung_shapes
+from biomed.imaging.phantom.dataset import PhantomIU
+from biomed.imaging.reports.iu import Report
 
 COL = {n: i for i, n in enumerate(CANONICAL_NAMES)}
 SEEDS = (0, 1, 2)
@@ -105,7 +111,7 @@ def test_cardiomegaly_raises_the_measured_ratio(shapes):
 
 def test_pneumothorax_darkens_its_side_and_removes_markings(shapes, monkeypatch):
     f = PhantomFinding("pneumothorax", "right", 3)
-    bare = np.zeros_like(phantom._vessel_bank())
+    bare = np.zeros_like(phantom_scene.vessel_bank())
     for seed in SEEDS:
         base = phantom.render([], seed, 128, shapes=shapes)
         ptx, info = phantom.render_with_info([f], seed, 128, shapes=shapes)
@@ -117,7 +123,7 @@ def test_pneumothorax_darkens_its_side_and_removes_markings(shapes, monkeypatch)
 
         # the vascular markings: what the vessel trees add; none of it in the space
         with monkeypatch.context() as m:
-            m.setattr(phantom, "_vessel_bank", lambda: bare)
+            m.setattr(phantom_scene, "vessel_bank", lambda: bare)  # where the scene looks it up
             base_bare = phantom.render([], seed, 128, shapes=shapes)
             ptx_bare = phantom.render([f], seed, 128, shapes=shapes)
         inner = ndimage.binary_erosion(space, iterations=2)  # clear of the line and the blur
@@ -219,14 +225,14 @@ def test_real_lung_shape_bank_is_built_and_cached():
 
 
 def test_parse_finding_spec():
-    f = phantom.parse_finding_spec("effusion:left:3")
+    f = tool.parse_finding_spec("effusion:left:3")
     assert (f.name, f.side, f.severity) == ("effusion", "left", 3)
-    f = phantom.parse_finding_spec("nodule:upper:right")
+    f = tool.parse_finding_spec("nodule:upper:right")
     assert (f.side, f.zone, f.severity) == ("right", "upper", 2)
-    assert phantom.parse_finding_spec("support_devices:central_line").device == "central_line"
+    assert tool.parse_finding_spec("support_devices:central_line").device == "central_line"
     for bad in ("effusion:up", "effusion:left:right", "effusion:7", "no_such_finding"):
         with pytest.raises(ValueError):
-            phantom.parse_finding_spec(bad)
+            tool.parse_finding_spec(bad)
 
 
 def test_cli_render_writes_a_16_bit_png_with_provenance(tmp_path, capsys):
@@ -241,8 +247,8 @@ def test_cli_render_writes_a_16_bit_png_with_provenance(tmp_path, capsys):
     drawn = json.loads(text["findings"])
     assert drawn[0] == {"name": "effusion", "side": "left", "severity": 3}
     assert drawn[1]["side"] == "right" and drawn[1]["zone"] in ("upper", "middle", "lower")
-    expected = phantom.render([phantom.parse_finding_spec("effusion:left:3"),
-                               phantom.parse_finding_spec("nodule:right")], 0, 64)
+    expected = phantom.render([tool.parse_finding_spec("effusion:left:3"),
+                               tool.parse_finding_spec("nodule:right")], 0, 64)
     assert np.abs(img - expected).max() <= 1 / 65535
 
 
@@ -255,11 +261,79 @@ def test_cli_rejects_a_bad_finding(tmp_path, capsys):
 
 
 def test_grid_has_every_finding(tmp_path, shapes):
-    grid = phantom.phantom_grid(32, shapes=shapes)
-    rows = phantom._grid_rows()
+    grid = tool.phantom_grid(32, shapes=shapes)
+    rows = tool._grid_rows()
     names = {spec.get("name") for _, specs in rows for spec in specs}
     assert names - {None} == set(FINDING_NAMES)
     assert grid.shape[0] == max(18, 32 // 6) + 32 * len(rows) and grid.dtype == np.float32
     out = tmp_path / "grid.png"
-    assert phantom.phantom_main(["grid", "--out", str(out), "--size", "24"]) == 0
+    assert tool.phantom_main(["grid", "--out", str(out), "--size", "24"]) == 0
     assert png_text(out)["synthetic"] == "phantom" and read_image(out).shape[0] > 24 * 20
+
+
+def test_every_finding_has_a_drawer_or_a_reshaper():
+    """`lesions` is where a finding goes: each one of the vocabulary acts through a registry."""
+    assert set(FINDING_NAMES) == set(lesions.DRAWERS) | set(lesions.RESHAPERS)
+
+
+# ---------------------------------------------------------------------------------------------
+# what rendered sets are keyed by: every renderer module and the lung shapes used
+
+
+def test_renderer_modules_cover_the_package():
+    """A new module of the renderer is part of the cache key (only the dataset, which keys its
+    cache by it, and the command-line tool, which draws nothing of its own, are not)."""
+    package = Path(phantom.__file__).parent
+    modules = {f"biomed.imaging.phantom.{p.stem}" for p in package.glob("*.py")}
+    outside = {"biomed.imaging.phantom.__init__", "biomed.imaging.phantom.dataset",
+               "biomed.imaging.phantom.tool"}
+    assert modules - outside <= set(phantom.RENDERER_MODULES)
+    assert "biomed.imaging.core.findings" in phantom.RENDERER_MODULES  # defaults, vocabulary
+
+
+def test_renderer_fingerprint_follows_the_sources_and_the_lung_shapes(shapes, monkeypatch,
+                                                                      tmp_path):
+    key = phantom.renderer_fingerprint(shapes)
+    assert key == phantom.renderer_fingerprint(shapes)
+    assert key.endswith("/" + shapes.fingerprint()) and shapes.fingerprint().startswith(
+        "parametric-")
+    masks = _as_masks(lung_shapes.parametric_shapes(64, n=8, seed=1))
+    assert phantom.renderer_fingerprint(masks).split("/")[1].startswith("masks-")
+    assert phantom.renderer_fingerprint(masks) != key
+    # any edit of any renderer module gives another key
+    for name in ("biomed.imaging.phantom.lesions", "biomed.imaging.phantom.scene"):
+        module = importlib.import_module(name)
+        edited = tmp_path / f"{name}.py"
+        edited.write_bytes(Path(module.__file__).read_bytes() + b"\n# an edit\n")
+        with monkeypatch.context() as m:
+            m.setattr(module, "__file__", str(edited))
+            assert phantom.renderer_fingerprint(shapes) != key
+
+
+def _as_masks(bank: lung_shapes.LungShapes) -> lung_shapes.LungShapes:
+    """Another bank that says it holds real masks (stands in for the fetched data)."""
+    return lung_shapes.LungShapes(bank.right, bank.left, bank.midline, bank.aspect, "masks")
+
+
+def test_phantom_set_is_rendered_again_once_the_real_lung_shapes_arrive(monkeypatch, tmp_path):
+    """A set rendered on the parametric fallback (before `biomed data fetch`) is not reused
+    once the real masks are there: the cache key names the lung shapes used."""
+    monkeypatch.setenv("BIOMED_CACHE", str(tmp_path / "no_data"))  # nothing fetched
+    monkeypatch.setattr(lung_shapes, "_SHAPES", {})
+    reports = [Report(id=f"CXR{i}", impression=f"Impression {i}.",
+                      mesh_major=[["normal"], ["Pleural Effusion"]][i % 2]) for i in range(4)]
+
+    def build() -> PhantomIU:
+        return PhantomIU(reports, size=16, renders_per_report=1, templates_per_finding=0,
+                         cache_dir=tmp_path / "sets", progress=False, workers=1)
+
+    before = build()
+    assert before.renders == 4 and build().renders == 0  # the same shapes: reused
+    assert json.loads(before.metadata["attributes"][0])["lung_shape_source"] == "parametric"
+    # the data arrives; a new process loads the real bank
+    real = _as_masks(lung_shapes.parametric_shapes(128, n=8, seed=1))
+    monkeypatch.setattr(lung_shapes, "_SHAPES", {})
+    monkeypatch.setattr(lung_shapes, "load_lung_shapes", lambda grid=128, **kw: real)
+    after = build()
+    assert after.fingerprint != before.fingerprint and after.renders == 4
+    assert json.loads(after.metadata["attributes"][0])["lung_shape_source"] == "masks"

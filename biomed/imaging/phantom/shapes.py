@@ -16,6 +16,7 @@ renders.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -34,8 +35,8 @@ from scipy import ndimage
 from biomed import sources
 from biomed.errors import DataNotFetched
 
-__all__ = ["BANK_VERSION", "LungShapes", "build_lung_shapes", "load_lung_shapes",
-           "normalise_mask", "parametric_shapes"]
+__all__ = ["BANK_VERSION", "LungShapes", "build_lung_shapes", "default_shapes",
+           "load_lung_shapes", "normalise_mask", "parametric_shapes"]
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,16 @@ class LungShapes:
         out[self.right >= 128] = 1
         out[self.left >= 128] = 2
         return out
+
+    def fingerprint(self) -> str:
+        """``<source>-<hash of the masks, midlines and aspects>``: which shapes a phantom was
+        drawn on (the real bank, and which one, or the parametric fallback), for cache keys."""
+        h = hashlib.sha256()
+        for a in (self.right, self.left, self.midline, self.aspect):
+            a = np.ascontiguousarray(a)
+            h.update(f"{a.dtype.str}{a.shape}".encode())
+            h.update(a.tobytes())
+        return f"{self.source}-{h.hexdigest()[:12]}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -248,6 +259,18 @@ def load_lung_shapes(size: int = 128, *, fallback: bool = True) -> LungShapes:
     log.info("phantom: %d of %d lung masks accepted (rejected: %s); cached in %s",
              shapes.stats["accepted"], shapes.stats["read"], shapes.stats["rejected"], cached)
     return shapes
+
+
+_SHAPES: dict[tuple[str | None, int], LungShapes] = {}
+
+
+def default_shapes(grid: int = 128) -> LungShapes:
+    """The real lung-shape bank (or the parametric fallback), loaded once per process (per
+    data cache: a changed ``$BIOMED_CACHE`` loads its own). The renderer's default."""
+    key = (os.environ.get("BIOMED_CACHE"), grid)
+    if key not in _SHAPES:
+        _SHAPES[key] = load_lung_shapes(grid)
+    return _SHAPES[key]
 
 
 # ---------------------------------------------------------------------------------------------
