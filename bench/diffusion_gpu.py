@@ -6,7 +6,7 @@ initialised (no weights can be downloaded here): `UNet2DConditionModel` with its
 and a CLIP ViT-L/14-size text transformer (12 layers, width 768, 77 tokens, 49,408-token
 vocabulary, 123M), both trained; SD's VAE shape (84M, frozen) encodes 512 px gray images
 replicated to 3 channels once into 4 x 64 x 64 latents (timed separately: the workbench caches
-them), then `biomed.imaging.diffusion.train.DiffusionModel` trains through the shared engine
+them), then `biomed.imaging.diffusion.objective.DiffusionModel` trains through the shared engine
 (bf16 autocast, fused AdamW, EMA of UNet + text encoder, min-SNR weights, prompt dropout) on
 those latents. For each batch size: steady-state images/s and peak GPU memory. Target: >= 40
 images/s on one H100 in bf16.
@@ -73,7 +73,7 @@ def sync(device: torch.device) -> None:
 
 def encode_rate(vae, device, n: int = 64, batch: int = 16, size: int = 512) -> float:
     """Images/s of the frozen VAE encoding gray images (bf16), the one-off caching cost."""
-    from biomed.imaging.diffusion.model import to_model_space
+    from biomed.imaging.diffusion.components import to_model_space
 
     vae.to(device).eval()
     x = torch.rand(batch, size, size, device=device)
@@ -101,8 +101,9 @@ def run_batch(batch: int, args, device) -> dict:
     from omegaconf import OmegaConf
 
     from biomed.engine import Engine, read_log
-    from biomed.imaging.diffusion import model as dm
+    from biomed.imaging.diffusion import components as dc
     from biomed.imaging.diffusion import train as dt
+    from biomed.imaging.diffusion.objective import DiffusionModel, EmaCallback
 
     torch.manual_seed(0)
     unet, te, vae = components(args.gradient_checkpointing, args.tiny)
@@ -112,14 +113,14 @@ def run_batch(batch: int, args, device) -> dict:
     mean = torch.randn(n, 4, side, side, generator=g).numpy().astype(np.float16)
     std = (0.1 * torch.rand(n, 4, side, side, generator=g)).numpy().astype(np.float16)
     pairs = dt.LatentPairs(mean, std, tokens(n))
-    sched = dm.build_noise_scheduler({"beta_schedule": "scaled_linear", "beta_start": 0.00085,
+    sched = dc.build_noise_scheduler({"beta_schedule": "scaled_linear", "beta_start": 0.00085,
                                       "beta_end": 0.012, "prediction_type": "epsilon"})
     training = OmegaConf.create({"cond_dropout": 0.1, "snr_gamma": 5.0, "noise_offset": 0.0,
                                  "latent_sample": True, "ema_decay": 0.9999})
     dt.tag_learning_rate(te, 0.2)
     empty = tokens(1)
-    model = dt.DiffusionModel(unet, te, train_text_encoder=True, noise_scheduler=sched,
-                              scaling_factor=0.18215, training=training, empty=empty)
+    model = DiffusionModel(unet, te, train_text_encoder=True, noise_scheduler=sched,
+                           scaling_factor=0.18215, training=training, empty=empty)
     trainer = OmegaConf.create({
         "accelerator": device.type, "mixed_precision": "no" if args.tiny else "bf16",
         "batch_size": batch,
@@ -137,14 +138,14 @@ def run_batch(batch: int, args, device) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         engine = Engine(trainer, Path(tmp), seed=0)
         engine.fit(model, pairs, lambda m, b: m(b), optim=dt.component_optim(optim),
-                   collate_fn=dt.LatentPairs.collate, callbacks=[dt.EmaCallback()])
+                   collate_fn=dt.LatentPairs.collate, callbacks=[EmaCallback()])
         times = [r["step_time_s"] for r in read_log(tmp) if "step_time_s" in r]
     steady = times[args.warmup:] or times
     out = {"batch": batch, "images_per_s": batch / float(np.median(steady)),
            "peak_gib": (torch.cuda.max_memory_allocated(device) / 2**30
                         if device.type == "cuda" else float("nan")),
-           "unet_params": dm.count_parameters(unet), "text_params": dm.count_parameters(te),
-           "vae_params": dm.count_parameters(vae)}
+           "unet_params": dc.count_parameters(unet), "text_params": dc.count_parameters(te),
+           "vae_params": dc.count_parameters(vae)}
     del engine, model, unet, te, vae
     gc.collect()
     if device.type == "cuda":

@@ -1,9 +1,9 @@
 """Diffusion training images/s: the workbench's stage 2 against a diffusers-example-style loop.
 
-Workbench: `biomed.imaging.diffusion.train.DiffusionModel` through the shared engine, on latents
-encoded once by the frozen VAE (the one-off encoding is timed and printed separately), attention
-set to PyTorch's scaled_dot_product_attention (`AttnProcessor2_0`) explicitly, the text encoder's
-states in the same step, EMA of UNet + text encoder as an engine callback.
+Workbench: `biomed.imaging.diffusion.objective.DiffusionModel` through the shared engine, on
+latents encoded once by the frozen VAE (the one-off encoding is timed and printed separately),
+attention set to PyTorch's scaled_dot_product_attention (`AttnProcessor2_0`) explicitly, the text
+encoder's states in the same step, EMA of UNet + text encoder as an engine callback.
 Baseline: a plain loop written like diffusers' `examples/text_to_image/train_text_to_image.py`:
 every step tokenizes the batch's captions, encodes its images with the VAE
 (`latent_dist.sample() * scaling_factor`), adds noise, runs the text encoder and the UNet, MSE,
@@ -34,8 +34,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from biomed.config import compose
 from biomed.engine import Engine, read_log
-from biomed.imaging.diffusion import model as dm
+from biomed.imaging.diffusion import components as dc
 from biomed.imaging.diffusion import train as dt
+from biomed.imaging.diffusion.latents import latent_std
+from biomed.imaging.diffusion.objective import DiffusionModel, EmaCallback
 from biomed.imaging.diffusion.text_encoders import tokenize
 
 WORDS = ["no", "acute", "small", "large", "left", "right", "pleural", "effusion", "heart",
@@ -64,7 +66,7 @@ class Pairs(Dataset):
         return {"image": torch.from_numpy(self.images[i])[None], "caption": self.captions[i]}
 
 
-def baseline(comps: dm.Components, data: Pairs, args, lr: float) -> float:
+def baseline(comps: dc.Components, data: Pairs, args, lr: float) -> float:
     """The diffusers example's inner loop; returns steady-state images/s."""
     from diffusers.training_utils import EMAModel
 
@@ -109,7 +111,7 @@ def baseline(comps: dm.Components, data: Pairs, args, lr: float) -> float:
     return args.batch / float(np.median(steady))
 
 
-def workbench(comps: dm.Components, data: Pairs, cfg, args, run_dir: Path) -> tuple[float, float]:
+def workbench(comps: dc.Components, data: Pairs, cfg, args, run_dir: Path) -> tuple[float, float]:
     """Latents cached once, then stage 2 through the engine; (images/s, encoding seconds)."""
     t0 = time.perf_counter()
     mean, std = _encode(comps.vae, torch.from_numpy(data.images)[:, None])
@@ -118,14 +120,14 @@ def workbench(comps: dm.Components, data: Pairs, cfg, args, run_dir: Path) -> tu
     tokens = tokenize(comps.text.tokenizer, data.captions)
     pairs = dt.LatentPairs(mean, std, tokens)
     sampled = bool(cfg.diffusion.training.latent_sample)
-    scaling = 1.0 / dt.latent_std(mean, std if sampled else None)
-    model = dt.DiffusionModel(comps.unet, comps.text.model, train_text_encoder=True,
-                              noise_scheduler=comps.noise_scheduler, scaling_factor=scaling,
-                              training=cfg.diffusion.training,
-                              empty=tokenize(comps.text.tokenizer, [""]))
+    scaling = 1.0 / latent_std(mean, std if sampled else None)
+    model = DiffusionModel(comps.unet, comps.text.model, train_text_encoder=True,
+                           noise_scheduler=comps.noise_scheduler, scaling_factor=scaling,
+                           training=cfg.diffusion.training,
+                           empty=tokenize(comps.text.tokenizer, [""]))
     engine = Engine(cfg.trainer, run_dir, seed=0)
     engine.fit(model, pairs, lambda m, b: m(b), optim=dt.component_optim(cfg.optim),
-               collate_fn=dt.LatentPairs.collate, callbacks=[dt.EmaCallback()])
+               collate_fn=dt.LatentPairs.collate, callbacks=[EmaCallback()])
     times = [r["step_time_s"] for r in read_log(run_dir) if "step_time_s" in r]
     steady = times[args.warmup:] or times
     return args.batch / float(np.median(steady)), encode_s
@@ -135,7 +137,7 @@ def workbench(comps: dm.Components, data: Pairs, cfg, args, run_dir: Path) -> tu
 def _encode(vae, images: torch.Tensor, batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
     means, stds = [], []
     for s in range(0, len(images), batch):
-        d = vae.encode(dm.to_model_space(images[s:s + batch], vae.config.in_channels)).latent_dist
+        d = vae.encode(dc.to_model_space(images[s:s + batch], vae.config.in_channels)).latent_dist
         means.append(d.mean.numpy().astype(np.float16))
         stds.append(d.std.numpy().astype(np.float16))
     return np.concatenate(means), np.concatenate(stds)
@@ -170,7 +172,7 @@ def main() -> None:
     images, captions = synthetic(args.items, args.size)
     data = Pairs(images, captions)
     torch.manual_seed(0)
-    comps = dm.build_components(cfg.diffusion, captions, log=lambda *_: None)
+    comps = dc.build_components(cfg.diffusion, captions, log=lambda *_: None)
     comps.vae.eval()
     base_comps = copy.deepcopy(comps)  # the same initial weights for both
     with tempfile.TemporaryDirectory() as tmp:
@@ -180,8 +182,8 @@ def main() -> None:
     print(f"diffusion training (stage 2) on {platform.machine()} {platform.processor() or ''}"
           f"({os.cpu_count()} cores), torch {torch.__version__}, {threads} threads; "
           f"{args.size} px, batch {args.batch}, {args.steps} steps (first {args.warmup} left out)")
-    print(f"model: UNet {dm.count_parameters(comps.unet):,}, text encoder "
-          f"{dm.count_parameters(comps.text.model):,}, VAE {dm.count_parameters(comps.vae):,} "
+    print(f"model: UNet {dc.count_parameters(comps.unet):,}, text encoder "
+          f"{dc.count_parameters(comps.text.model):,}, VAE {dc.count_parameters(comps.vae):,} "
           f"parameters; latents {comps.vae.config.latent_channels} x "
           f"{args.size // comps.vae_scale} x {args.size // comps.vae_scale}")
     print(f"workbench (cached latents, AttnProcessor2_0, engine): {ours:.1f} images/s "

@@ -87,7 +87,7 @@ def token_data(cfg, synthetic: bool, n_tokens: int) -> tuple[np.ndarray, int, st
     vocab = int(cfg.lm.tokenizer.vocab_size)
     if not synthetic:
         from biomed import sources
-        from biomed.lm.train import prepare_data
+        from biomed.lm.tokens import prepare_data
 
         if sources.status("pubmed") == "cached":
             _, _, tok, folder = prepare_data(cfg)

@@ -11,7 +11,7 @@ Fidelity (with ``--classifier_dir``): for each finding in ``FINDING_PROMPTS``, t
 AUROC at telling images whose prompt states the finding from images whose prompt does not
 (the other findings' prompts and the normal prompts), averaged over findings, for each sampler;
 the difference is reported in AUROC points (target: within 2). Without a classifier, or when
-``biomed.imaging.classifier.train`` is not available, fidelity is skipped with a message.
+``biomed.imaging.classifier.model`` is not available, fidelity is skipped with a message.
 
     python bench/sampling.py [--model_dir RUN_OR_PIPELINE] [--classifier_dir RUN_OR_DIR]
                              [--n 4] [--fast_steps 20] [--slow_steps 1000] [--batch_size 8]
@@ -84,9 +84,9 @@ def load_scorer(classifier_dir: str, device: str):
     """images (N x H x W in [0, 1]) -> (probabilities N x K, label names); None when the
     classifier module is not available."""
     try:
-        from biomed.imaging.classifier.train import load_classifier, predict_batches
+        from biomed.imaging.classifier.model import load_classifier, predict_batches
     except ImportError as e:
-        print(f"fidelity skipped: biomed.imaging.classifier.train is not available ({e})")
+        print(f"fidelity skipped: biomed.imaging.classifier.model is not available ({e})")
         return None
     from biomed.imaging.core.pixels import resize
 
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from biomed.errors import BiomedError
-    from biomed.imaging.diffusion.sample import load_pipeline
+    from biomed.imaging.diffusion.pipeline import load_pipeline
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -32,7 +32,7 @@ EXPERIMENTS: dict[str, tuple[str, str]] = {
                         "train a text-to-X-ray latent diffusion model (pipeline/)"),
     "generate": ("biomed.imaging.diffusion.sample",
                  "sample synthetic X-rays from report text, with provenance (samples/)"),
-    "evaluate-generation": ("biomed.imaging.diffusion.evaluate",
+    "evaluate-generation": ("biomed.imaging.diffusion.evaluate.command",
                             "FID, diversity, CLIP score and prompt fidelity of a generator"),
 }
 
@@ -44,8 +44,13 @@ TOOLS: dict[str, tuple[str, str]] = {
               "inspect DICOM files; de-identify and ingest a DICOM folder"),
     "pubmed": ("biomed.lm.corpus:pubmed_main",
                "extract PubMed baseline/update XML into a JSONL corpus"),
-    "phantom": ("biomed.imaging.phantom.render:phantom_main",
+    "phantom": ("biomed.imaging.phantom.tool:phantom_main",
                 "render phantom chest X-rays from findings; the grid of every finding"),
+    "reports": ("biomed.cli:reports_main",
+                "the IU reports: what their tags become (findings), where their text disagrees "
+                "(mentions)"),
+    "lm-study": ("biomed.lm.study:main",
+                 "the AdamW vs Sophia study (experiment=lm_optimizer_study): its table"),
     "runs": ("biomed.cli:runs_main", "list runs under outputs/ with status and key metrics"),
 }
 
@@ -143,6 +148,34 @@ def data_main(argv: list[str]) -> int:
 
     n = export_reports(args.out)
     print(f"wrote {n} reports to {args.out}")
+    return 0
+
+
+def reports_main(argv: list[str]) -> int:
+    """`biomed reports findings|mentions`: the tables behind the phantom's labels (docs/imaging.md)."""
+    parser = argparse.ArgumentParser(prog="biomed reports", description="How the phantom reads "
+                                     "the IU chest X-ray reports: their MeSH tags and their text.")
+    sub = parser.add_subparsers(dest="action", required=True)
+    for action, help_ in (
+            ("findings", "reports kept or excluded per tag fate, and the positives per finding "
+                         "(biomed.imaging.reports.findings)"),
+            ("mentions", "included reports whose text does not support their label: negated or "
+                         "uncertain (biomed.imaging.reports.mentions)")):
+        p = sub.add_parser(action, help=help_, description=help_)
+        p.add_argument("--reports", metavar="TGZ", help="an NLMCXR_reports.tgz (default: the "
+                       "cached one, `biomed data fetch iu_reports`)")
+    args = parser.parse_args(argv)
+    from biomed.imaging.reports.iu import read_reports
+
+    reports = read_reports(args.reports)
+    if args.action == "findings":
+        from biomed.imaging.reports.findings import print_summary
+
+        print_summary(reports)
+    else:
+        from biomed.imaging.reports.mentions import print_disagreements
+
+        print_disagreements(reports)
     return 0
 
 

@@ -1,11 +1,14 @@
 """`biomed quickstart`: every stage of the workbench in order, on the embedded data, resumable.
 
 The run folder is fixed (``outputs/quickstart/latest/``). Each stage writes its outputs, then
-``stages/<name>.json`` with its numbers and a hash of its inputs (its config parts, its data
-files' sizes and times); a rerun skips stages whose record and outputs exist and whose inputs are
-unchanged, so an interrupted quickstart continues where it stopped, and a changed setting reruns
-that stage and every stage after it. Later parts of the workbench add stages
-(train the tiny LM, render phantoms, train the classifier, ...) to ``STAGES``.
+``stages/<name>.json`` with its numbers and a hash of its inputs (the configs it runs, resolved:
+for an imaging stage the command's shipped config as composed, so an edit of
+``conf/classifier/small_cnn.yaml`` counts; its data files' sizes and times); a rerun skips stages
+whose record and outputs exist and whose inputs are unchanged, so an interrupted quickstart
+continues where it stopped, and a changed setting reruns that stage and every stage after it.
+``biomed quickstart debug=smoke`` runs every stage small (``conf/debug/smoke.yaml``). Later
+parts of the workbench add stages (train the tiny LM, render phantoms, train the classifier, ...)
+to ``STAGES``.
 """
 
 from __future__ import annotations
@@ -19,11 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from biomed import runs
 from biomed.errors import ConfigError
 from biomed.hydra_app import hydra_app
+
+Configs = dict[str, Any]  # a stage's inputs by name: config nodes (or plain values)
 
 
 @dataclass(frozen=True)
@@ -31,16 +36,18 @@ class Stage:
     name: str
     description: str
     outputs: tuple[str, ...]  # paths relative to the run folder
-    fn: Callable[[DictConfig, Path], dict[str, Any]]
+    fn: Callable[[DictConfig, Path, Configs], dict[str, Any]]  # (cfg, run folder, its configs)
+    configs: Callable[[DictConfig, Path], Configs]  # what the stage runs, composed before it runs
     data_files: Callable[[DictConfig], list[str]]
-    config_keys: tuple[str, ...]  # the parts of the config the stage's result depends on
 
-    def fingerprint(self, cfg: DictConfig) -> str:
-        """Hash of the stage's inputs: its config parts and its data files (size, mtime)."""
-        from omegaconf import OmegaConf
+    def fingerprint(self, cfg: DictConfig, configs: Configs, run_dir: Path) -> str:
+        """Hash of the stage's inputs: its configs (resolved) and its data files (size, mtime).
 
-        parts = {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k])
-                 else cfg[k] for k in self.config_keys}
+        A command's composed config leaves out ``paths`` (its run folder, the output root), and
+        any value naming a place inside the quickstart's run folder is taken relative to it, so
+        that only a setting that changes the result reruns the stage, not a moved folder.
+        """
+        parts = {k: _comparable(v, run_dir) for k, v in configs.items()}
         files = []
         for f in self.data_files(cfg):
             p = Path(f)
@@ -50,7 +57,48 @@ class Stage:
         return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def _corpus(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+def _comparable(value: Any, run_dir: Path) -> Any:
+    """A config node as plain resolved data for the fingerprint (see `Stage.fingerprint`)."""
+    if OmegaConf.is_config(value):
+        value = OmegaConf.to_container(value, resolve=True)
+        if isinstance(value, dict) and "command" in value:  # a command's whole config
+            value = {k: v for k, v in value.items() if k not in ("paths", "hydra")}
+    prefix = str(run_dir)
+
+    def walk(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: walk(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [walk(x) for x in v]
+        if isinstance(v, str) and (v == prefix or v.startswith(prefix + "/")):
+            return "<run_dir>" + v[len(prefix):]
+        return v
+
+    return walk(value)
+
+
+def _own(*keys: str) -> Callable[[DictConfig, Path], Configs]:
+    """A stage whose inputs are parts of the quickstart's own config."""
+    return lambda cfg, run_dir: {k: cfg[k] for k in keys}
+
+
+def _no_files(cfg: DictConfig) -> list[str]:
+    return []
+
+
+def _fresh_stage_dir(out: Path) -> Path:
+    """A training stage's folder, emptied: a stage that reruns (its inputs changed, or it
+    stopped part way) starts a new training run, and the engine refuses a fresh run beside the
+    checkpoints of an earlier one."""
+    import shutil
+
+    if out.exists():
+        print(f"quickstart: clearing {out} for a new run of its stage")
+        shutil.rmtree(out)
+    return out
+
+
+def _corpus(cfg: DictConfig, run_dir: Path, configs: Configs) -> dict[str, Any]:
     from biomed.lm.corpus import extract
 
     stats = extract(list(cfg.pubmed.files), run_dir / "corpus" / "pubmed.jsonl")
@@ -59,26 +107,25 @@ def _corpus(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             "pubmed_duplicates": stats.duplicates, "pubmed_extract_s": round(stats.seconds, 2)}
 
 
-def _reports(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+def _reports(cfg: DictConfig, run_dir: Path, configs: Configs) -> dict[str, Any]:
     from biomed.imaging.reports.iu import export_reports
 
     n = export_reports(run_dir / "reports" / "reports.jsonl", cfg.reports.file)
     return {"iu_reports": n}
 
 
-def _lm(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+def _lm(cfg: DictConfig, run_dir: Path, configs: Configs) -> dict[str, Any]:
     """Train the tiny LM on the corpus stage's output, then reload, evaluate and sample it."""
-    from omegaconf import OmegaConf
-
-    from biomed.lm.evaluate import load_for_inference, validation_metrics
+    from biomed.lm.evaluate import validation_metrics
     from biomed.lm.generate import generate, write_samples
+    from biomed.lm.model import load_for_inference
     from biomed.lm.train import train_lm
 
     stage = cfg.lm_stage
     corpus = run_dir / "corpus" / "pubmed.jsonl"
     if not corpus.is_file():
         raise ConfigError(f"{corpus}: missing; the lm stage needs the corpus stage before it")
-    out = run_dir / "lm"
+    out = _fresh_stage_dir(run_dir / "lm")
     train_cfg = OmegaConf.create(OmegaConf.to_container(stage, resolve=True))
     train_cfg.seed, train_cfg.corpus = cfg.seed, str(corpus)
     trained = train_lm(train_cfg, out)
@@ -102,22 +149,45 @@ def _lm(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
 def _command_cfg(cfg: DictConfig, config_name: str, stage: str, run_dir: Path) -> DictConfig:
     """A command's own shipped config, as the CLI would compose it, with the quickstart's seed,
-    its ``stage_overrides.<stage>`` list and the stage's folder as the run folder."""
+    its ``debug`` option (``biomed quickstart debug=smoke``: every stage small), its
+    ``stage_overrides.<stage>`` list and the stage's folder as the run folder."""
     from biomed.config import compose
 
+    debug = [f"debug={cfg.debug}"] if cfg.get("debug") else []
     extra = list(cfg.stage_overrides.get(stage) or [])
     return compose(config_name, [f"paths.run_dir={run_dir}", f"seed={cfg.seed}",
-                                 f"paths.cache_dir={cfg.paths.cache_dir}", *extra])
+                                 f"paths.cache_dir={cfg.paths.cache_dir}", *debug, *extra])
 
 
-def _phantom(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+def _phantom_configs(cfg: DictConfig, run_dir: Path) -> Configs:
+    """The data config that the classifier stage composes renders the set."""
+    return {"data": _command_cfg(cfg, "train_classifier", "phantom", run_dir / "phantom").data}
+
+
+def _classifier_configs(cfg: DictConfig, run_dir: Path) -> Configs:
+    out = run_dir / "classifier"
+    return {"train_classifier": _command_cfg(cfg, "train_classifier", "classifier", out)}
+
+
+def _clip_configs(cfg: DictConfig, run_dir: Path) -> Configs:
+    return {"train_clip": _command_cfg(cfg, "train_clip", "clip", run_dir / "clip")}
+
+
+def _diffusion_configs(cfg: DictConfig, run_dir: Path) -> Configs:
+    return {"train_diffusion": _command_cfg(cfg, "train_diffusion", "diffusion",
+                                            run_dir / "diffusion"),
+            "generate": _command_cfg(cfg, "generate", "generate", run_dir / "samples"),
+            "evaluate_generation": _command_cfg(cfg, "evaluate_generation", "evaluate_generation",
+                                                run_dir / "diffusion_eval")}
+
+
+def _phantom(cfg: DictConfig, run_dir: Path, configs: Configs) -> dict[str, Any]:
     """Render the paired phantom set once (every later stage reads the same cache)."""
     from hydra.utils import instantiate
 
     from biomed.imaging.core.pixels import image_grid, write_png16
 
-    data_cfg = _command_cfg(cfg, "train_classifier", "phantom", run_dir / "phantom").data
-    ds = instantiate(data_cfg, split=None)
+    ds = instantiate(configs["data"], split=None)
     out = run_dir / "phantom"
     out.mkdir(parents=True, exist_ok=True)
     runs.write_json(out / "stats.json", ds.stats)
@@ -133,11 +203,11 @@ def _phantom(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             "phantom_templates": ds.stats["templates"]}
 
 
-def _classifier(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+def _classifier(cfg: DictConfig, run_dir: Path, configs: Configs) -> dict[str, Any]:
     from biomed.imaging.classifier.train import train_classifier
 
-    out = run_dir / "classifier"
-    m = train_classifier(_command_cfg(cfg, "train_classifier", "classifier", out), out)
+    out = _fresh_stage_dir(run_dir / "classifier")
+    m = train_classifier(configs["train_classifier"], out)
     runs.write_json(out / "metrics.json", m)
     return {"classifier_clear_macro_auroc": m.get("clear_macro_auroc"),
             "classifier_macro_auroc": m.get("macro_auroc"),
@@ -146,11 +216,11 @@ def _classifier(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             "classifier_steps": m.get("steps"), "classifier_dir": m["classifier_dir"]}
 
 
-def _clip(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+def _clip(cfg: DictConfig, run_dir: Path, configs: Configs) -> dict[str, Any]:
     from biomed.imaging.clip.train import train_clip
 
-    out = run_dir / "clip"
-    m = train_clip(_command_cfg(cfg, "train_clip", "clip", out), out)
+    out = _fresh_stage_dir(run_dir / "clip")
+    m = train_clip(configs["train_clip"], out)
     runs.write_json(out / "metrics.json", m)
     keep = [k for k in m if k.startswith(("zs_auroc_cardiomegaly", "zs_auroc_effusion",
                                           "i2t_R@", "t2i_R@"))]
@@ -158,18 +228,18 @@ def _clip(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             "clip_dir": m["clip_dir"]}
 
 
-def _diffusion(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+def _diffusion(cfg: DictConfig, run_dir: Path, configs: Configs) -> dict[str, Any]:
     """Train the tiny text-to-X-ray model, sample it with provenance, and measure its prompt
     fidelity with the classifier and CLIP stages' models."""
-    from biomed.imaging.diffusion import evaluate, sample
+    from biomed.imaging.diffusion import sample
+    from biomed.imaging.diffusion.evaluate import command as evaluate
     from biomed.imaging.diffusion.train import train_diffusion
 
-    out = run_dir / "diffusion"
-    m = train_diffusion(_command_cfg(cfg, "train_diffusion", "diffusion", out), out)
+    out = _fresh_stage_dir(run_dir / "diffusion")
+    m = train_diffusion(configs["train_diffusion"], out)
     runs.write_json(out / "metrics.json", m)
-    gen = sample.run(_command_cfg(cfg, "generate", "generate", run_dir / "samples"))
-    ev = evaluate.run(_command_cfg(cfg, "evaluate_generation", "evaluate_generation",
-                                   run_dir / "diffusion_eval"))
+    gen = sample.run(configs["generate"])
+    ev = evaluate.run(configs["evaluate_generation"])
     keep = {k: v for k, v in ev.items() if k.startswith(("fidelity_auroc_", "laterality_accuracy_",
                                                          "negation_share_"))
             and isinstance(v, float)}
@@ -181,24 +251,23 @@ def _diffusion(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
 STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("corpus", "PubMed XML -> corpus/pubmed.jsonl", ("corpus/pubmed.jsonl",), _corpus,
-          lambda cfg: list(cfg.pubmed.files), ("pubmed",)),
+          _own("pubmed"), lambda cfg: list(cfg.pubmed.files)),
     Stage("reports", "IU chest X-ray reports -> reports/reports.jsonl",
-          ("reports/reports.jsonl",), _reports, lambda cfg: [cfg.reports.file], ("reports",)),
+          ("reports/reports.jsonl",), _reports, _own("reports"), lambda cfg: [cfg.reports.file]),
     Stage("lm", "train the tiny PubMed LM, evaluate it, sample it -> lm/model/",
-          ("lm/model/model.safetensors", "lm/samples.jsonl"), _lm, lambda cfg: [],
-          ("lm_stage", "seed")),
+          ("lm/model/model.safetensors", "lm/samples.jsonl"), _lm, _own("lm_stage", "seed"),
+          _no_files),
     Stage("phantom", "render the phantom chest X-rays paired with the IU reports (data=phantom_iu)",
-          ("phantom/stats.json",), _phantom, lambda cfg: [], ("stage_overrides", "seed")),
+          ("phantom/stats.json",), _phantom, _phantom_configs, _no_files),
     Stage("classifier", "train and evaluate the chest X-ray classifier -> classifier/",
-          ("classifier/classifier/model.safetensors",), _classifier, lambda cfg: [],
-          ("stage_overrides", "seed")),
+          ("classifier/classifier/model.safetensors",), _classifier, _classifier_configs,
+          _no_files),
     Stage("clip", "train and evaluate the CXR-CLIP -> clip/",
-          ("clip/clip/open_clip_model.safetensors",), _clip, lambda cfg: [],
-          ("stage_overrides", "seed")),
+          ("clip/clip/open_clip_model.safetensors",), _clip, _clip_configs, _no_files),
     Stage("diffusion", "train the tiny text-to-X-ray diffusion model, sample it, measure its "
           "prompt fidelity -> diffusion/pipeline/, samples/, diffusion_eval/",
           ("diffusion/pipeline/model_index.json", "diffusion_eval/metrics.json"), _diffusion,
-          lambda cfg: [], ("stage_overrides", "seed")),
+          _diffusion_configs, _no_files),
 )}
 
 
@@ -214,7 +283,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     with runs.experiment(cfg, data_files) as run_dir:
         for i, stage in enumerate(stages, 1):
             record = run_dir / "stages" / f"{stage.name}.json"
-            inputs = stage.fingerprint(cfg)
+            configs = stage.configs(cfg, run_dir)
+            inputs = stage.fingerprint(cfg, configs, run_dir)
             previous = json.loads(record.read_text()) if record.exists() else None
             outputs_there = all((run_dir / o).exists() for o in stage.outputs)
             if previous and outputs_there and not cfg.force and not upstream_changed:
@@ -225,7 +295,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 print(f"[{i}/{len(stages)}] {stage.name}: its config or data changed, rerunning")
             print(f"[{i}/{len(stages)}] {stage.name}: {stage.description}")
             t0 = time.perf_counter()
-            out = stage.fn(cfg, run_dir)
+            out = stage.fn(cfg, run_dir, configs)
             out[f"{stage.name}_seconds"] = round(time.perf_counter() - t0, 2)
             runs.write_json(record, {**out, "inputs": inputs})
             metrics.update(out)

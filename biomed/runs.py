@@ -15,7 +15,7 @@ import os
 import platform
 import subprocess
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
@@ -81,8 +81,13 @@ def write_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-def start_run(cfg: DictConfig, data_files: Iterable[str | Path] = ()) -> Path:
-    """Create the run folder and write ``provenance.json`` (and ``.hydra/config.yaml`` if absent)."""
+def start_run(cfg: DictConfig, data_files: Iterable[str | Path] = (),
+              redact: Callable[[str], str] | None = None) -> Path:
+    """Create the run folder and write ``provenance.json`` (and ``.hydra/config.yaml`` if absent).
+
+    ``redact`` rewrites text that may hold de-identified inputs' raw paths (a command whose
+    inputs may be patient files: `biomed predict`); it is applied to the recorded command line
+    and to the run's ``.hydra/*.yaml``."""
     run_dir = run_dir_of(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     # a rerun in the same folder (quickstart, resume): the old final numbers no longer describe it
@@ -91,9 +96,14 @@ def start_run(cfg: DictConfig, data_files: Iterable[str | Path] = ()) -> Path:
     if not hydra_cfg.exists():
         hydra_cfg.parent.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(cfg, hydra_cfg)
+    if redact is not None:
+        for yaml in hydra_cfg.parent.glob("*.yaml"):
+            text = yaml.read_text()
+            if redact(text) != text:
+                yaml.write_text(redact(text))
     write_json(run_dir / "provenance.json", {
         "command": cfg.get("command"),
-        "argv": sys.argv,
+        "argv": [redact(a) for a in sys.argv] if redact is not None else sys.argv,
         "started": _dt.datetime.now().isoformat(timespec="seconds"),
         "git": git_state(),
         "packages": package_versions(),
@@ -102,6 +112,47 @@ def start_run(cfg: DictConfig, data_files: Iterable[str | Path] = ()) -> Path:
         "data_files": [file_digest(p) for p in data_files],
     })
     return run_dir
+
+
+# keys of a `data=` config that name input data, in the order provenance.json lists them; the
+# CSV keys are relative to ``root`` unless absolute, as the loaders read them
+DATA_FILE_KEYS = ("root", "image_dir", "reports_dir", "csv_file", "csv_files", "reports", "file",
+                  "files")
+_UNDER_ROOT = ("csv_file", "csv_files")
+
+
+def data_files(cfg: DictConfig) -> list[str]:
+    """The files and folders the run's ``data=`` config reads, for ``provenance.json``.
+
+    One function for every command that reads ``cfg.data`` (train-classifier, train-clip,
+    train-diffusion, evaluate-generation), so the same data config records the same files in each
+    of them. Unset keys and mandatory values not given (``???``) are left out; a folder is
+    recorded as a folder (``file_digest``), a file with its sha256.
+    """
+    node = cfg.get("data")
+    if not node:
+        return []
+    data = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else dict(node)
+    root = data.get("root")
+    root = Path(root).expanduser() if _given(root) else None
+    out: list[str] = []
+    for key in DATA_FILE_KEYS:
+        values = data.get(key)
+        for v in values if isinstance(values, list | tuple) else [values]:
+            if not _given(v):
+                continue
+            p = Path(v).expanduser()
+            if key in _UNDER_ROOT and not p.is_absolute():
+                if root is None:  # relative to a root not given: names nothing yet
+                    continue
+                p = root / p
+            if str(p) not in out:
+                out.append(str(p))
+    return out
+
+
+def _given(value: Any) -> bool:
+    return isinstance(value, str | Path) and bool(str(value)) and not str(value).startswith("???")
 
 
 def add_data_files(run_dir: Path, data_files: Iterable[str | Path]) -> None:
@@ -122,13 +173,17 @@ def finish_run(run_dir: Path, metrics: dict[str, Any], status: str = "completed"
 
 
 @contextmanager
-def experiment(cfg: DictConfig, data_files: Iterable[str | Path] = ()) -> Iterator[Path]:
-    """Wrap the body of a ``run(cfg)``: provenance first, ``metrics.json`` marked failed on error."""
-    run_dir = start_run(cfg, data_files)
+def experiment(cfg: DictConfig, data_files: Iterable[str | Path] = (),
+               redact: Callable[[str], str] | None = None) -> Iterator[Path]:
+    """Wrap the body of a ``run(cfg)``: provenance first, ``metrics.json`` marked failed on error
+    (``redact``: as for `start_run`, also applied to the error text)."""
+    run_dir = start_run(cfg, data_files, redact)
     try:
         yield run_dir
     except BaseException as e:
-        finish_run(run_dir, {"error": f"{type(e).__name__}: {e}"}, status="failed")
+        error = f"{type(e).__name__}: {e}"
+        finish_run(run_dir, {"error": redact(error) if redact is not None else error},
+                   status="failed")
         raise
 
 

@@ -1,10 +1,9 @@
-"""The chest X-ray classifier: architectures, loss, augmentation, training through the shipped
+"""The chest X-ray classifier: architectures, loss, training through the shipped
 config on a synthetic dataset and on the CheXpert fixture, evaluation, saving, Grad-CAM.
 
-`BlobData` follows the dataset contract with findings a tiny CNN learns in seconds: a bright
-blob low in one lung field is an effusion on that side (the patient's left is the image's
-right), a large central disk is cardiomegaly. Tests set it as ``data`` of the shipped
-``train_classifier`` config and call ``run(cfg)``.
+`tests.helpers.classifier.BlobData` follows the dataset contract with findings a tiny CNN learns
+in seconds; tests set it as ``data`` of the shipped ``train_classifier`` config and call
+``run(cfg)``.
 """
 
 from __future__ import annotations
@@ -20,65 +19,15 @@ from omegaconf import OmegaConf, open_dict
 from biomed import runs
 from biomed.config import compose
 from biomed.errors import ConfigError, InputError
-from biomed.imaging.classifier import train as C
+from biomed.imaging.classifier import evaluate as E
+from biomed.imaging.classifier import model as C
+from biomed.imaging.classifier import train as T
+from biomed.imaging.classifier.card import model_card
 from biomed.imaging.classifier.gradcam import default_target_layer, grad_cam, overlay
-from biomed.imaging.data.datasets import Table
-from biomed.splits import SPLITS
+from tests.helpers.classifier import BLOB_LABELS, BLOB_TARGET, TINY_CNN, BlobData, blob_image
 
-BLOB_LABELS = ["cardiomegaly", "effusion", "effusion_left", "effusion_right"]
-TINY_CNN = ["classifier.model.stem_width=8", "classifier.model.widths=[16,32]",
-            "classifier.model.strides=[2,2]", "classifier.model.dropout=0.0"]
 QUIET = ["trainer.progress=false", "trainer.tensorboard=false", "trainer.threads=1",
          "trainer.max_time_s=null", "eval.n_boot=50", "eval.val_n_boot=20"]
-
-
-# ---------------------------------------------------------------------------------------------
-# a synthetic dataset under the contract
-
-
-def blob_image(size: int, rng: np.random.Generator, side: str | None,
-               big_heart: bool) -> np.ndarray:
-    """Noise over a dim chest, a central disk (large: cardiomegaly) and an optional bright blob
-    low in the patient's ``side`` lung (the patient's left is on the image's right)."""
-    yy, xx = np.mgrid[0:size, 0:size] / size
-    img = 0.25 + 0.05 * rng.standard_normal((size, size))
-    r = 0.24 if big_heart else 0.13
-    img += 0.3 * (((yy - 0.55) ** 2 + (xx - 0.5) ** 2) < r ** 2)
-    if side is not None:
-        cx = (0.78 if side == "left" else 0.22) + rng.uniform(-0.05, 0.05)
-        cy = 0.72 + rng.uniform(-0.06, 0.06)
-        img += 0.5 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * 0.07 ** 2))
-    return np.clip(img, 0, 1).astype(np.float32)
-
-
-class BlobData:
-    """Blobs per split (``split`` seeds it), labels in `BLOB_LABELS` order; about one in ten
-    cardiomegaly labels is unknown (NaN), to exercise the masked loss."""
-
-    label_names = BLOB_LABELS
-
-    def __init__(self, split: str = "train", size: int = 32, n: int | None = None,
-                 seed: int = 0, name: str = "blobs"):
-        n = n if n is not None else {"train": 320, "val": 96, "test": 128}[split]
-        rng = np.random.default_rng([seed, SPLITS.index(split)])
-        self.name, self.split = name, split
-        self.images, rows = [], []
-        for _ in range(n):
-            side = rng.choice(["left", "right", None, None])
-            heart = bool(rng.random() < 0.4)
-            self.images.append(blob_image(size, rng, side, heart))
-            cardio = np.nan if rng.random() < 0.1 else float(heart)
-            rows.append([cardio, float(side is not None), float(side == "left"),
-                         float(side == "right")])
-        self.labels = np.array(rows, dtype=np.float32).reshape(n, len(BLOB_LABELS))
-        self.metadata = Table({"id": [f"{split}-{i}" for i in range(n)], "split": [split] * n})
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int) -> dict:
-        return {"image": self.images[i], "labels": self.labels[i].copy(), "report": "",
-                "id": self.metadata["id"][i], "index": i}
 
 
 def blob_cfg(tmp_path: Path, *overrides: str, n_train: int = 320):
@@ -88,7 +37,7 @@ def blob_cfg(tmp_path: Path, *overrides: str, n_train: int = 320):
                                        "trainer.eval_every=45", "optim.optimizer.lr=3e-3",
                                        "optim.schedule.warmup_steps=5", *overrides])
     with open_dict(cfg):
-        cfg.data = OmegaConf.create({"_target_": f"{__name__}.BlobData", "size": 32,
+        cfg.data = OmegaConf.create({"_target_": BLOB_TARGET, "size": 32,
                                      "n": None if n_train == 320 else n_train})
     return cfg
 
@@ -97,7 +46,7 @@ def blob_cfg(tmp_path: Path, *overrides: str, n_train: int = 320):
 def trained(tmp_path_factory):
     """One small_cnn trained on BlobData through `run` (shared by the tests below)."""
     tmp = tmp_path_factory.mktemp("blobs")
-    metrics = C.run(blob_cfg(tmp))
+    metrics = T.run(blob_cfg(tmp))
     return tmp / "run", metrics
 
 
@@ -164,45 +113,30 @@ def test_densenet_loads_local_rgb_weights_with_old_key_names(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# loss, weights, augmentation
+# loss and weights (the augmentation: tests/test_transforms.py)
 
 
 def test_masked_loss_ignores_unknown_labels():
     logits = torch.randn(4, 3, requires_grad=True)
     y = torch.tensor([[1, 0, float("nan")], [0, float("nan"), 1], [1, 1, 0],
                       [float("nan")] * 3])
-    loss = C.masked_bce(logits, y)
+    loss = T.masked_bce(logits, y)
     known = ~torch.isnan(y)
     expected = torch.nn.functional.binary_cross_entropy_with_logits(logits[known], y[known])
     torch.testing.assert_close(loss, expected)
     loss.backward()
     assert (logits.grad[~known] == 0).all() and (logits.grad[known] != 0).all()
-    assert C.masked_bce(torch.zeros(2, 2), torch.full((2, 2), float("nan"))) == 0
+    assert T.masked_bce(torch.zeros(2, 2), torch.full((2, 2), float("nan"))) == 0
 
 
 def test_pos_weights_follow_prevalence_and_cap():
     y = np.array([[1, 0], [0, 0], [0, 0], [0, np.nan], [0, 1]], dtype=np.float32)
-    assert C.pos_weights(y, "none") is None
-    torch.testing.assert_close(C.pos_weights(y, "balanced"), torch.tensor([4.0, 3.0]))
-    torch.testing.assert_close(C.pos_weights(y, "sqrt"), torch.tensor([2.0, 3 ** 0.5]))
-    assert C.pos_weights(y, "balanced", cap=2.0).max() == 2.0
+    assert T.pos_weights(y, "none") is None
+    torch.testing.assert_close(T.pos_weights(y, "balanced"), torch.tensor([4.0, 3.0]))
+    torch.testing.assert_close(T.pos_weights(y, "sqrt"), torch.tensor([2.0, 3 ** 0.5]))
+    assert T.pos_weights(y, "balanced", cap=2.0).max() == 2.0
     with pytest.raises(ConfigError):
-        C.pos_weights(y, "inverse")
-
-
-def test_augmentation_never_flips_left_and_right():
-    rng = np.random.default_rng(0)
-    img = blob_image(48, rng, "left", False)  # the patient's left: the image's right half
-    x = torch.from_numpy(img)[None, None].repeat(64, 1, 1, 1)
-    torch.manual_seed(0)
-    cfg = compose("train_classifier", ["~data"]).augment
-    out = C.augment_batch(x, cfg)
-    assert out.shape == x.shape and out.min() >= 0 and out.max() <= 1
-    assert (out - x).abs().amax(dim=(1, 2, 3)).min() > 0.01  # every image was changed
-    # the blob, where the augmented image is brightest in the lower half, stays on the right
-    lower = out[:, 0, 24:, :]
-    cols = lower.flatten(1).argmax(1) % 48
-    assert (cols > 30).all(), cols
+        T.pos_weights(y, "inverse")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -212,16 +146,16 @@ def test_augmentation_never_flips_left_and_right():
 def test_thresholds_by_youden_and_f1():
     y = np.array([0, 0, 1, 1, np.nan])
     s = np.array([0.1, 0.4, 0.35, 0.8, 0.9])
-    assert C.choose_threshold(y, s, "youden") == pytest.approx(0.6)  # between 0.8 and 0.4
-    assert C.choose_threshold(y, s, "f1") == pytest.approx(0.225)  # between 0.35 and 0.1
-    assert C.choose_threshold(np.array([1.0, 1.0]), np.array([0.2, 0.3])) is None
+    assert E.choose_threshold(y, s, "youden") == pytest.approx(0.6)  # between 0.8 and 0.4
+    assert E.choose_threshold(y, s, "f1") == pytest.approx(0.225)  # between 0.35 and 0.1
+    assert E.choose_threshold(np.array([1.0, 1.0]), np.array([0.2, 0.3])) is None
 
 
 def test_side_accuracy_counts_single_sided_positives_only():
     names = ["effusion", "effusion_left", "effusion_right"]
     y = np.array([[1, 1, 0], [1, 0, 1], [1, 1, 1], [0, 0, 0], [1, 1, 0]], dtype=np.float32)
     p = np.array([[0, .9, .1], [0, .2, .7], [0, .5, .5], [0, .9, .1], [0, .3, .6]])
-    lr = C.side_accuracy(y, p, names, n_boot=10)
+    lr = E.side_accuracy(y, p, names, n_boot=10)
     assert lr["effusion"]["n"] == 3 and lr["effusion"]["accuracy"] == pytest.approx(2 / 3)
     assert "pneumothorax" not in lr
 
@@ -267,13 +201,26 @@ def test_saved_classifier_folder_reloads_to_the_evaluated_model(trained):
     assert torch.equal(a(x), b(x)) and cfg_a == config and not a.training
     # the reloaded weights reproduce the test split's numbers exactly
     test = BlobData("test")
-    probs, labels = C.predict_dataset(a, test, range(4))
-    assert C.macro_auroc(labels, probs) == pytest.approx(metrics["test"]["macro_auroc"]["value"],
+    probs, labels = E.predict_dataset(a, test, range(4))
+    assert E.macro_auroc(labels, probs) == pytest.approx(metrics["test"]["macro_auroc"]["value"],
                                                          abs=1e-12)
     card = (folder / "README.md").read_text()
     assert "Research use only" in card and "| effusion_left |" in card
     with pytest.raises(InputError, match="not a classifier folder"):
         C.load_classifier(run_dir / "nowhere")
+
+
+def test_from_pretrained_restores_every_attribute_through_the_constructor(trained):
+    run_dir, _ = trained
+    config = json.loads((run_dir / "classifier" / "config.json").read_text())
+    model = C.XrayClassifier.from_pretrained(run_dir)
+    assert model.input_size == (32, 32) and model.in_chans == 1 and not model.training
+    assert model.cam_layer_name == "net.stages"
+    assert float(model.mean) == pytest.approx(config["normalization"]["mean"])
+    assert float(model.std) == pytest.approx(config["normalization"]["std"])
+    node = OmegaConf.create({"arch": "small_cnn", "name": "small_cnn", "model": {}})
+    assert C.build_classifier(node, 2, input_size=[64, 48]).input_size == (64, 48)
+    assert C.build_classifier(node, 2).input_size is None
 
 
 def test_pretrained_from_a_classifier_folder_keeps_the_body(trained):
@@ -290,14 +237,14 @@ def test_model_card_names_phantom_data_and_its_licence():
     config = {"architecture": "small_cnn", "name": "small_cnn", "training_data": "phantom_iu",
               "pixel_convention": C.PIXEL_CONVENTION, "input_size": [128, 128],
               "threshold_rule": "youden", "seed": 0}
-    card = C.model_card(config, {"eval_split": "test", "test": {"n": 0}, "steps": 1,
+    card = model_card(config, {"eval_split": "test", "test": {"n": 0}, "steps": 1,
                                  "train_seconds": 1.0, "params": 10})
     assert "phantom" in card and "CC BY-NC-ND 4.0" in card and "non-commercial" in card
 
 
 def test_train_classifier_on_the_chexpert_fixture(tmp_path):
-    from biomed.imaging.data.datasets import CheXpert
-    from tests.test_datasets import copy_fixture, with_images
+    from biomed.imaging.data.chexpert import CheXpert
+    from tests.helpers.data import copy_fixture, with_images
 
     root = copy_fixture("chexpert", tmp_path)
     full = with_images(CheXpert(root))
@@ -305,7 +252,7 @@ def test_train_classifier_on_the_chexpert_fixture(tmp_path):
         "data=chexpert", f"data.root={root}", "data.size=16", "data.cache_dir=null",
         f"paths.run_dir={tmp_path / 'run'}", *TINY_CNN, *QUIET, "trainer.batch_size=2",
         "trainer.max_steps=3", "trainer.eval_every=0"])
-    metrics = C.run(cfg)
+    metrics = T.run(cfg)
     train = full.with_split("train")
     both = [n for k, n in enumerate(train.label_names)
             if (train.labels[:, k] == 1).any() and (train.labels[:, k] == 0).any()]
@@ -318,10 +265,24 @@ def test_train_classifier_on_the_chexpert_fixture(tmp_path):
     assert model(torch.rand(1, 1, 16, 16)).shape == (1, len(both))
 
 
+def test_fit_classifier_trains_on_the_splits_it_is_handed(tmp_path):
+    """The seam of the augmentation loop: datasets built by the caller, no ``data`` config."""
+    cfg = compose("train_classifier", ["~data", *TINY_CNN, *QUIET, "trainer.batch_size=8",
+                                       "trainer.max_steps=2", "trainer.eval_every=0"])
+    splits = {"train": BlobData("train", n=48, name="handed"), "val": BlobData("val", n=16),
+              "test": BlobData("test", n=24)}
+    metrics = T.fit_classifier(cfg, splits, tmp_path / "run", log=lambda _: None)
+    assert metrics["steps"] == 2 and (metrics["n_train"], metrics["n_test"]) == (48, 24)
+    config = json.loads((tmp_path / "run" / "classifier" / "config.json").read_text())
+    assert config["training_data"] == "handed" and config["input_size"] == [32, 32]
+    with pytest.raises(ConfigError, match="no test split"):
+        T.fit_classifier(cfg, {"train": splits["train"], "val": splits["val"]}, tmp_path / "x")
+
+
 def test_unknown_label_names_are_config_errors(tmp_path):
     cfg = blob_cfg(tmp_path, "classifier.labels=[effusion,fracture]", "trainer.max_steps=1")
     with pytest.raises(ConfigError, match="fracture"):
-        C.run(cfg)
+        T.run(cfg)
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["status"] == "failed"
 
 
@@ -363,6 +324,6 @@ def test_grad_cam_on_densenet121():
 def test_dataset_mistakes_are_one_line_errors(tmp_path):
     base = [f"paths.run_dir={tmp_path / 'run'}", "data=chexpert", *QUIET]
     with pytest.raises(ConfigError, match=r"data\.root=\.\.\."):
-        C.run(compose("train_classifier", base))
+        T.run(compose("train_classifier", base))
     with pytest.raises(InputError, match="CheXpert folder not found"):  # not Hydra's wrapper
-        C.run(compose("train_classifier", [*base, f"data.root={tmp_path / 'nowhere'}"]))
+        T.run(compose("train_classifier", [*base, f"data.root={tmp_path / 'nowhere'}"]))

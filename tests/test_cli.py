@@ -33,6 +33,36 @@ def test_help_lists_every_command_once(capsys):
         assert sum(line.split()[:1] == [name] for line in out.splitlines()) == 1, name
 
 
+def test_report_tools_print_the_tables_behind_the_phantom_labels(tmp_path, capsys):
+    from biomed.imaging.reports.iu import Report
+    from tests.helpers.phantom import make_tgz
+
+    tgz = make_tgz(tmp_path / "NLMCXR_reports.tgz", [
+        Report(id="CXR1", impression="No pleural effusion.", findings="Clear lungs.",
+               mesh_major=["Pleural Effusion/left"]),
+        Report(id="CXR2", impression="Heart is enlarged.", findings="", mesh_major=[
+            "Cardiomegaly/mild"]),
+        Report(id="CXR3", impression="Rib fracture.", findings="", mesh_major=[
+            "Fractures, Bone/ribs"])])
+    assert main(["reports", "findings", "--reports", str(tgz)]) == 0
+    out = capsys.readouterr().out
+    assert "reports / excluded by reason:" in out and "positives among the included" in out
+    assert main(["reports", "mentions", "--reports", str(tgz)]) == 0
+    out = capsys.readouterr().out
+    assert "effusion: 1 included reports whose text does not support the label" in out
+    assert "CXR1" in out and "negated" in out
+    assert main(["reports", "findings", "--reports", str(tmp_path / "nope.tgz")]) == 2
+    assert "nope.tgz: no such file" in capsys.readouterr().err
+
+
+def test_lm_study_tool_reads_sweep_folders(tmp_path, capsys):
+    assert main(["lm-study", str(tmp_path)]) == 1
+    assert "no completed train-lm runs" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["lm-study", "--help"])
+    assert "usage: biomed lm-study" in capsys.readouterr().out
+
+
 def test_unknown_command_exits_2(capsys):
     assert main(["no-such-command"]) == 2
     assert "unknown command" in capsys.readouterr().err
@@ -118,6 +148,16 @@ def test_quickstart_cli_writes_a_complete_run_folder_and_resumes(tmp_path):
 
     listing = biomed("runs", str(tmp_path / "outputs"))
     assert "quickstart" in listing.stdout and "iu_reports=3955" in listing.stdout
+
+
+@pytest.mark.data
+@needs_reports
+def test_quickstart_debug_smoke_has_its_own_folder(tmp_path):
+    env = {"BIOMED_OUTPUTS": str(tmp_path / "outputs")}
+    proc = biomed("quickstart", "experiment=quickstart_reports_only", "debug=smoke", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "outputs" / "smoke" / "quickstart" / "latest" / "reports").is_dir()
+    assert not (tmp_path / "outputs" / "quickstart").exists()
 
 
 @pytest.mark.data

@@ -2,9 +2,8 @@
 end-of-text pooling, the loss, training on a synthetic paired set, the local-dir folder loaded
 by open_clip alone, ``clip.pretrained``, zero-shot scores and retrieval, broken folders.
 
-The synthetic paired set (`PairedShapes`) draws a bright block low on one side of the image for
-an effusion (the patient's left is the image's right) and a wide bright centre for an enlarged
-heart, with report sentences saying so; a tiny CLIP learns it in a few dozen steps.
+The synthetic paired set is `tests.helpers.clip.PairedShapes`; a tiny CLIP learns it in a few
+dozen steps.
 """
 
 from __future__ import annotations
@@ -19,67 +18,15 @@ import torch
 
 from biomed.config import compose
 from biomed.errors import ConfigError, InputError
+from biomed.imaging.clip import evaluate as clip_eval
 from biomed.imaging.clip import model as cm
 from biomed.imaging.clip import train as clip
-from biomed.imaging.data.datasets import Table
-from biomed.splits import assign_split
-
-# ---------------------------------------------------------------------------------------------
-# a synthetic paired dataset (the workbench's dataset contract)
-
-_HEART = {True: ("Cardiomegaly.", "The heart is enlarged."),
-          False: ("Heart size is normal.", "Normal heart size.")}
-_EFFUSION = {"left": ("Left pleural effusion.", "Small left pleural effusion."),
-             "right": ("Right pleural effusion.", "Small right pleural effusion."),
-             "none": ("No pleural effusion.", "There is no pleural effusion.")}
-
-
-class PairedShapes:
-    """Image-report pairs: ``renders`` images per report, split by the report id's hash."""
-
-    label_names = ["cardiomegaly", "effusion", "effusion_left", "effusion_right"]
-
-    def __init__(self, split: str | None = "train", n_reports: int = 300, renders: int = 2,
-                 size: int = 32, seed: int = 0, **_ignored):
-        self.size, self.seed = size, seed
-        self.rows, labels = [], []
-        for r in range(n_reports):
-            rid = f"R{r}"
-            if split is not None and assign_split(rid) != split:
-                continue
-            rng = np.random.default_rng([seed, r])
-            heart, side = bool(rng.random() < 0.5), str(rng.choice(["left", "right", "none"]))
-            sentences = [_HEART[heart][rng.integers(2)], _EFFUSION[side][rng.integers(2)]]
-            text = " ".join(sentences[::-1] if rng.random() < 0.5 else sentences)
-            for k in range(renders):
-                self.rows.append((rid, k, heart, side, text))
-                labels.append([heart, side != "none", side == "left", side == "right"])
-        self.labels = np.asarray(labels, np.float32).reshape(-1, 4)
-        self.metadata = Table({"id": [f"{r[0]}_{r[1]}" for r in self.rows],
-                               "report_id": [r[0] for r in self.rows],
-                               "split": [split] * len(self.rows)})
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, i: int) -> dict:
-        rid, k, heart, side, text = self.rows[i]
-        s = self.size
-        rng = np.random.default_rng([self.seed, int(rid[1:]), k, 7])
-        img = 0.2 + 0.05 * rng.standard_normal((s, s))
-        half = (s // 3 if heart else s // 8) + int(rng.integers(-1, 2))
-        img[s // 3: 3 * s // 4, s // 2 - half: s // 2 + half] = 0.7  # the heart
-        if side != "none":  # the patient's left is the image's right
-            cols = slice(s // 2 + 2, s) if side == "left" else slice(0, s // 2 - 2)
-            img[3 * s // 4 - int(rng.integers(0, 3)):, cols] = 0.85
-        return {"image": np.clip(img, 0, 1).astype(np.float32), "labels": self.labels[i],
-                "report": text, "id": self.metadata["id"][i], "index": i}
-
+from tests.helpers.clip import PAIRED_TARGET, PairedShapes, tiny_model
 
 # ---------------------------------------------------------------------------------------------
 # configs
 
-TARGET = "tests.test_clip.PairedShapes"
+TARGET = PAIRED_TARGET
 TINY = ["clip.model.embed_dim=32", "clip.model.vision_cfg.image_size=32",
         "clip.model.vision_cfg.width=8", "clip.model.text_cfg.context_length=16",
         "clip.model.text_cfg.width=32", "clip.model.text_cfg.heads=2",
@@ -101,25 +48,6 @@ def trained(tmp_path_factory) -> tuple[Path, dict]:
     """One short training run on the synthetic pairs, shared by the tests below."""
     run = tmp_path_factory.mktemp("clip") / "run"
     return run, clip.run(clip_cfg(run, "trainer.eval_every=30"))
-
-
-def tiny_tokenizer(tmp: Path, context: int = 16):
-    texts = [t for v in (*_HEART.values(), *_EFFUSION.values()) for t in v] * 5
-    tok = cm.train_report_tokenizer(texts, 300, context_length=context)
-    return tok, cm.save_tokenizer(tok, tmp / "tok")
-
-
-def tiny_model(tmp: Path):
-    tok, tok_dir = tiny_tokenizer(tmp)
-    model_cfg = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": [1, 1, 1, 1],
-                                                 "width": 8, "head_width": 64},
-                 "text_cfg": cm.text_cfg_for(tok, {"context_length": 16, "width": 32,
-                                                   "heads": 2, "layers": 1}, "test-bpe")}
-    torch.manual_seed(0)
-    pp = {"mean": [0.3] * 3, "std": [0.2] * 3, "interpolation": "bicubic",
-          "resize_mode": "squash"}
-    model = cm.build_model("biomed-test-clip", model_cfg, pp)
-    return model.eval(), tok_dir, model_cfg, pp
 
 
 # ---------------------------------------------------------------------------------------------
@@ -170,25 +98,15 @@ def test_info_nce_matches_open_clip_and_soft_targets_duplicates():
     img = torch.nn.functional.normalize(torch.randn(6, 8), dim=1)
     txt = torch.nn.functional.normalize(torch.randn(6, 8), dim=1)
     scale = torch.tensor(10.0)
-    ours = cm.info_nce(img, txt, scale, torch.arange(6))
+    ours = clip.info_nce(img, txt, scale, torch.arange(6))
     torch.testing.assert_close(ours, ClipLoss()(img, txt, scale))
     # items 0 and 1 belong to one report: which of its two texts pairs with which image does
     # not matter (soft targets), while one-hot targets would make them each other's negative
     groups = torch.tensor([0, 0, 1, 2, 3, 4])
     swapped = txt[[1, 0, 2, 3, 4, 5]]
-    torch.testing.assert_close(cm.info_nce(img, swapped, scale, groups),
-                               cm.info_nce(img, txt, scale, groups))
-    assert not torch.allclose(cm.info_nce(img, swapped, scale), cm.info_nce(img, txt, scale))
-
-
-def test_augment_keeps_sides_and_range():
-    torch.manual_seed(0)
-    x = torch.zeros(4, 32, 32)
-    x[:, :, 24:] = 1.0  # bright on the image's right
-    y = cm.augment(x, rotate_deg=5, scale=0.05, translate=0.04, gamma=0.1)
-    assert y.shape == x.shape and y.min() >= 0 and y.max() <= 1
-    assert (y[:, :, 24:].mean((1, 2)) > y[:, :, :8].mean((1, 2)) + 0.5).all()  # no flip
-    assert torch.equal(cm.augment(x, enabled=False), x)
+    torch.testing.assert_close(clip.info_nce(img, swapped, scale, groups),
+                               clip.info_nce(img, txt, scale, groups))
+    assert not torch.allclose(clip.info_nce(img, swapped, scale), clip.info_nce(img, txt, scale))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -197,14 +115,14 @@ def test_augment_keeps_sides_and_range():
 
 def test_retrieval_counts_a_render_of_the_same_report_and_states_chance():
     emb = torch.eye(4)
-    r = clip.retrieval_metrics(emb, emb, ["a", "b", "c", "d"], ["1", "2", "3", "4"], ks=(1, 2))
+    r = clip_eval.retrieval_metrics(emb, emb, ["a", "b", "c", "d"], ["1", "2", "3", "4"], ks=(1, 2))
     assert r["image_to_text"]["R@1"] == 1.0 and r["text_to_image"]["R@1"] == 1.0
     assert r["image_to_text"]["chance@1"] == pytest.approx(1 / 4)
     assert r["image_to_text"]["chance@2"] == pytest.approx(2 / 4)
     # items 0 and 1 are renders of one report (one text); image 1 is closest to text "c"
     img = torch.tensor([[1.0, 0, 0], [0, 0.6, 0.8], [0, 0, 1.0]])
     txt = torch.tensor([[1.0, 0, 0], [0, 0, 1.0]])  # distinct texts "a", "c"
-    r = clip.retrieval_metrics(img, txt, ["a", "a", "c"], ["r1", "r1", "r2"], ks=(1,))
+    r = clip_eval.retrieval_metrics(img, txt, ["a", "a", "c"], ["r1", "r1", "r2"], ks=(1,))
     assert r["texts"] == 2 and r["reports"] == 2 and r["images"] == 3
     assert r["image_to_text"]["R@1"] == pytest.approx(2 / 3)
     assert r["text_to_image"]["R@1"] == 1.0  # text "a" finds image 0, a render of its report
@@ -241,6 +159,39 @@ def test_train_clip_learns_zero_shot_and_retrieval(trained):
                      "tokenizer_config.json", "README.md"}
     card = (run / "clip" / "README.md").read_text()
     assert "CC BY-NC-ND 4.0" in card and "research use only" in card.lower()
+
+
+def test_a_non_main_process_loads_the_tokenizer_instead_of_training_one(tmp_path, monkeypatch):
+    """Under a multi-process launch only the main process trains the report tokenizer and
+    writes ``<run>/tokenizer``; another process waits for it and loads it (before the fix
+    every process trained one and wrote it into the same folder)."""
+    from accelerate.state import PartialState
+
+    run = tmp_path / "run"
+    texts = ["Left pleural effusion.", "Heart size is normal.", "No pneumothorax."] * 5
+    written = cm.train_report_tokenizer(texts, 280, context_length=16)  # not the data's texts
+    cm.save_tokenizer(written, run / "tokenizer")
+    before = {f.name: (f.read_bytes(), f.stat().st_mtime_ns) for f in (run / "tokenizer").iterdir()}
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("a process other than the main one trained or wrote a tokenizer")
+
+    seen = []
+    text_cfg_for = cm.text_cfg_for
+
+    def spy(tok, *args, **kwargs):
+        seen.append(tok.get_vocab())
+        return text_cfg_for(tok, *args, **kwargs)
+
+    monkeypatch.setattr(cm, "train_report_tokenizer", refuse)
+    monkeypatch.setattr(cm, "save_tokenizer", refuse)
+    monkeypatch.setattr(cm, "text_cfg_for", spy)
+    monkeypatch.setattr(PartialState, "is_main_process", property(lambda self: False))
+    m = clip.train_clip(clip_cfg(run, "trainer.max_steps=1", "trainer.eval_every=0"), run)
+    assert m["steps"] == 1 and "clip_dir" not in m  # the main process evaluates and saves
+    assert seen == [written.get_vocab()]  # the model was built on the main process's tokenizer
+    assert {f.name: (f.read_bytes(), f.stat().st_mtime_ns)
+            for f in (run / "tokenizer").iterdir()} == before
 
 
 def test_saved_folder_loads_with_open_clip_alone_and_gives_the_same_embeddings(tmp_path):
@@ -289,16 +240,16 @@ def test_pretrained_folder_evaluates_to_the_same_numbers_and_fine_tunes(trained,
 def test_zero_shot_scores_for_predict(trained):
     run, _ = trained
     images = np.random.default_rng(1).random((3, 40, 30)).astype(np.float32)  # any size
-    scores, names = clip.zero_shot_scores(run / "clip", images)
+    scores, names = cm.zero_shot_scores(run / "clip", images)
     from biomed.imaging.core.labels import CANONICAL_NAMES
 
     assert names == list(CANONICAL_NAMES) and scores.shape == (3, len(CANONICAL_NAMES))
     assert scores.dtype == np.float32 and ((scores >= 0) & (scores <= 1)).all()
-    scores, names = clip.zero_shot_scores(run, images[0], findings=["effusion_left", "Mass"])
+    scores, names = cm.zero_shot_scores(run, images[0], findings=["effusion_left", "Mass"])
     assert scores.shape == (1, 2) and names == ["effusion_left", "Mass"]
     data = PairedShapes(split="test")
     imgs = np.stack([data[i]["image"] for i in range(len(data))])
-    s, _ = clip.zero_shot_scores(run, imgs, findings=["cardiomegaly"])
+    s, _ = cm.zero_shot_scores(run, imgs, findings=["cardiomegaly"])
     from biomed.imaging.core.metrics import auroc
 
     assert auroc(data.labels[:, 0], s[:, 0]) > 0.8
@@ -307,7 +258,7 @@ def test_zero_shot_scores_for_predict(trained):
 def test_bad_clip_folders_give_one_line_errors(trained, tmp_path):
     run, _ = trained
     with pytest.raises(InputError, match="no such CLIP folder"):
-        clip.zero_shot_scores(tmp_path / "missing", np.zeros((1, 8, 8)))
+        cm.zero_shot_scores(tmp_path / "missing", np.zeros((1, 8, 8)))
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="not a CLIP folder"):
         cm.load_clip(tmp_path / "empty")
@@ -327,12 +278,12 @@ def test_bad_clip_folders_give_one_line_errors(trained, tmp_path):
     with pytest.raises(InputError, match="no weights"):
         cm.load_clip(bad)
     with pytest.raises(ValueError, match="N x H x W"):
-        clip.zero_shot_scores(run, np.zeros((1, 1, 8, 8)))
+        cm.zero_shot_scores(run, np.zeros((1, 1, 8, 8)))
 
 
 def test_train_clip_on_the_mimic_fixture_with_reports(tmp_path):
-    from biomed.imaging.data.datasets import MimicCxrJpg
-    from tests.test_datasets import copy_fixture, with_images
+    from biomed.imaging.data.mimic_cxr_jpg import MimicCxrJpg
+    from tests.helpers.data import copy_fixture, with_images
 
     root = copy_fixture("mimic", tmp_path)
     with_images(MimicCxrJpg(root))
@@ -345,6 +296,17 @@ def test_train_clip_on_the_mimic_fixture_with_reports(tmp_path):
     assert m["steps"] == 3 and m["train_items"] == 3  # training rows with report text
     assert m["evaluation"]["items"] == 1 and "retrieval" not in m["evaluation"]  # one test image
     assert cm.load_clip(tmp_path / "run").model is not None
+
+
+def test_fit_clip_trains_on_the_splits_it_is_handed(tmp_path):
+    cfg = compose("train_clip", ["~data", f"paths.run_dir={tmp_path / 'run'}", *TINY,
+                                 "trainer.max_steps=2", "trainer.eval_every=0", "eval.n_boot=10",
+                                 "eval.val_split=null"])
+    splits = {"train": PairedShapes("train", n_reports=60), "test": PairedShapes("test")}
+    m = clip.fit_clip(cfg, splits, tmp_path / "run", log=lambda _: None)
+    assert m["steps"] == 2 and m["evaluation"]["items"] == len(splits["test"])
+    assert "data=? (tests.helpers.clip.PairedShapes)" in (tmp_path / "run" / "clip" /
+                                                          "README.md").read_text()
 
 
 def test_configs_compose():

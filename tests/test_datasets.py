@@ -13,7 +13,6 @@ from __future__ import annotations
 import csv
 import gzip
 import io
-import shutil
 import sys
 import tarfile
 import types
@@ -28,10 +27,19 @@ from biomed import sources
 from biomed.errors import ConfigError, InputError
 from biomed.imaging.core import labels as L
 from biomed.imaging.core import pixels
-from biomed.imaging.data import datasets as D
+from biomed.imaging.data import files
+from biomed.imaging.data.chexpert import CheXpert
+from biomed.imaging.data.contract import XrayDataset
+from biomed.imaging.data.folder_csv import FolderCSV
 from biomed.imaging.data.image_cache import ImageCache
+from biomed.imaging.data.mimic_cxr_jpg import MimicCxrJpg
+from biomed.imaging.data.nih14 import NIHChestXray14
+from biomed.imaging.data.openi import OpenI
+from biomed.imaging.data.padchest import PadChest
+from biomed.imaging.data.read import read_xray
+from biomed.imaging.reports.mimic import mimic_report_text
+from tests.helpers.data import copy_fixture, with_images, write_image
 
-FIXTURES = Path(__file__).parent / "fixtures" / "datasets"
 IU = Path(__file__).parent / "fixtures" / "iu"
 CONF = Path(__file__).parents[1] / "conf"
 nan = np.nan
@@ -45,33 +53,6 @@ needs_tables = pytest.mark.skipif(
 # helpers
 
 
-def write_image(path: str | Path, seed: int, shape: tuple[int, int] = (20, 16)) -> np.ndarray:
-    """A small image whose pixels depend on ``seed``, in the format of the dataset: JPEG
-    (8-bit), PNG (8-bit, like NIH), or 16-bit PNG in numbered folders (PadChest's layout)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
-    img = ((yy * 7 + xx * 3 + seed * 37) % 256).astype(np.uint8)
-    if path.suffix.lower() in (".jpg", ".jpeg"):
-        Image.fromarray(img).save(path, quality=95)
-    elif path.parent.name.isdigit():
-        Image.fromarray(img.astype(np.uint16) * 257).save(path)  # PadChest: 16-bit PNGs
-    else:
-        Image.fromarray(img).save(path)
-    return img
-
-
-def with_images(ds: D.XrayDataset) -> D.XrayDataset:
-    for i, p in enumerate(ds.paths):
-        if not Path(p).exists():
-            write_image(p, i)
-    return ds
-
-
-def copy_fixture(name: str, tmp_path: Path) -> Path:
-    return Path(shutil.copytree(FIXTURES / name, tmp_path / name))
-
-
 def iu_tgz(path: Path) -> Path:
     """The IU report fixtures packed like NLMCXR_reports.tgz."""
     with tarfile.open(path, "w:gz") as tar:
@@ -83,7 +64,7 @@ def iu_tgz(path: Path) -> Path:
     return path
 
 
-def col(ds: D.XrayDataset, name: str) -> np.ndarray:
+def col(ds: XrayDataset, name: str) -> np.ndarray:
     return ds.labels[:, ds.label_names.index(name)]
 
 
@@ -106,12 +87,12 @@ def assert_patient_disjoint(make) -> None:
 @pytest.fixture
 def mimic(tmp_path: Path) -> Path:
     root = copy_fixture("mimic", tmp_path)
-    with_images(D.MimicCxrJpg(root))
+    with_images(MimicCxrJpg(root))
     return root
 
 
 def test_mimic_contract_labels_paths_and_reports(mimic: Path):
-    ds = D.MimicCxrJpg(mimic, reports_dir=mimic)
+    ds = MimicCxrJpg(mimic, reports_dir=mimic)
     assert len(ds) == 6 and ds.label_names == list(L.MIMIC_CHEXPERT_LABELS)
     assert ds.labels.shape == (6, 14) and ds.labels.dtype == np.float32
     assert ds.paths[0] == str(mimic / "files/p10/p10000032/s50414267/"
@@ -135,29 +116,29 @@ def test_mimic_contract_labels_paths_and_reports(mimic: Path):
     assert ds.report(2) == "Heart size is normal. Lungs are clear. No pleural effusion."
     assert ds.report(3) == ""  # no report file
     assert ds.report(4) == "Cardiomegaly and small left pleural effusion."  # stops at NOTE..
-    assert "report" not in D.MimicCxrJpg(mimic)[0]  # no reports_dir: no report key
+    assert "report" not in MimicCxrJpg(mimic)[0]  # no reports_dir: no report key
 
 
 @pytest.mark.parametrize("policy,expected", [("ignore", nan), ("ones", 1.0), ("zeros", 0.0)])
 def test_mimic_uncertain_policies(mimic: Path, policy: str, expected: float):
-    ds = D.MimicCxrJpg(mimic, uncertain=policy)
+    ds = MimicCxrJpg(mimic, uncertain=policy)
     np.testing.assert_array_equal(col(ds, "Pneumonia")[3], expected)
     assert col(ds, "Lung Opacity")[3] == 1 and col(ds, "Pneumothorax")[3] == 0
 
 
 def test_mimic_official_split_and_views(mimic: Path):
-    ds = D.MimicCxrJpg(mimic)
+    ds = MimicCxrJpg(mimic)
     assert ds.metadata["split"] == ["train", "train", "train", "val", "test", "train"]
-    assert D.MimicCxrJpg(mimic, split="val").ids == [
+    assert MimicCxrJpg(mimic, split="val").ids == [
         "2c3d4e5f-11111111-22222222-33333333-44444444"]
-    assert len(D.MimicCxrJpg(mimic, views=["frontal"])) == 4
-    assert D.MimicCxrJpg(mimic, views=["lateral"]).metadata["view"] == ["LATERAL"]
-    assert_patient_disjoint(lambda s: D.MimicCxrJpg(mimic, split=s))
-    assert_patient_disjoint(lambda s: D.MimicCxrJpg(mimic, split=s, split_by="hash"))
+    assert len(MimicCxrJpg(mimic, views=["frontal"])) == 4
+    assert MimicCxrJpg(mimic, views=["lateral"]).metadata["view"] == ["LATERAL"]
+    assert_patient_disjoint(lambda s: MimicCxrJpg(mimic, split=s))
+    assert_patient_disjoint(lambda s: MimicCxrJpg(mimic, split=s, split_by="hash"))
 
 
 def test_mimic_canonical(mimic: Path):
-    ds = D.MimicCxrJpg(mimic, labels="canonical", reports_dir=mimic)
+    ds = MimicCxrJpg(mimic, labels="canonical", reports_dir=mimic)
     assert ds.label_names == list(L.CANONICAL_NAMES)
     assert ds.dataset_label_names == list(L.MIMIC_CHEXPERT_LABELS)
     row = dict(zip(ds.label_names, ds.labels[4], strict=True))
@@ -170,10 +151,10 @@ def test_mimic_canonical(mimic: Path):
 def test_mimic_report_text():
     text = ("FINAL REPORT\n EXAMINATION: CHEST\n\n FINDINGS:\n\n Lungs clear.\n\n"
             " IMPRESSION:\n\n  No acute\n process.\n")
-    assert D.mimic_report_text(text) == "No acute process."
-    assert D.mimic_report_text("FINDINGS: Small effusion.\n") == "Small effusion."
-    assert D.mimic_report_text("WET READ: none\n") == ""
-    assert D.mimic_report_text("IMPRESSION:\n\nFINDINGS: Clear.") == "Clear."  # empty section
+    assert mimic_report_text(text) == "No acute process."
+    assert mimic_report_text("FINDINGS: Small effusion.\n") == "Small effusion."
+    assert mimic_report_text("WET READ: none\n") == ""
+    assert mimic_report_text("IMPRESSION:\n\nFINDINGS: Clear.") == "Clear."  # empty section
 
 
 # ---------------------------------------------------------------------------------------------
@@ -183,13 +164,13 @@ def test_mimic_report_text():
 @pytest.fixture
 def chexpert(tmp_path: Path) -> Path:
     root = copy_fixture("chexpert", tmp_path)
-    with_images(D.CheXpert(root))
+    with_images(CheXpert(root))
     return root
 
 
 @pytest.mark.parametrize("policy,expected", [("ignore", nan), ("ones", 1.0), ("zeros", 0.0)])
 def test_chexpert_uncertain_policies(chexpert: Path, policy: str, expected: float):
-    ds = D.CheXpert(chexpert, uncertain=policy)
+    ds = CheXpert(chexpert, uncertain=policy)
     np.testing.assert_array_equal(col(ds, "Cardiomegaly")[1], expected)  # -1.0 in the file
     assert col(ds, "Lung Opacity")[1] == 1 and np.isnan(col(ds, "Pneumothorax")[1])  # blank
     assert col(ds, "Pneumothorax")[0] == 0
@@ -197,7 +178,7 @@ def test_chexpert_uncertain_policies(chexpert: Path, policy: str, expected: floa
 
 
 def test_chexpert_contract(chexpert: Path):
-    ds = D.CheXpert(chexpert)
+    ds = CheXpert(chexpert)
     assert len(ds) == 7 and ds.label_names == list(L.CHEXPERT_LABELS)
     assert ds.paths[0] == str(chexpert / "train/patient00101/study1/view1_frontal.jpg")
     assert ds.patient_ids == ["patient00101"] + ["patient00102"] * 3 + [
@@ -207,11 +188,11 @@ def test_chexpert_contract(chexpert: Path):
     assert ds.metadata["official_split"] == ["train"] * 5 + ["val"] * 2
     assert ds[2]["image"].shape == (20, 16) and "report" not in ds[2]
     # auto = hash by patient (the official split has no test set)
-    assert_patient_disjoint(lambda s: D.CheXpert(chexpert, split=s))
-    assert D.CheXpert(chexpert, split="val", split_by="official").patient_ids == [
+    assert_patient_disjoint(lambda s: CheXpert(chexpert, split=s))
+    assert CheXpert(chexpert, split="val", split_by="official").patient_ids == [
         "patient64601", "patient64602"]
-    assert len(D.CheXpert(chexpert, split="test", split_by="official")) == 0
-    assert len(D.CheXpert(chexpert, csv_files=["valid.csv"])) == 2
+    assert len(CheXpert(chexpert, split="test", split_by="official")) == 0
+    assert len(CheXpert(chexpert, csv_files=["valid.csv"])) == 2
 
 
 # ---------------------------------------------------------------------------------------------
@@ -221,12 +202,12 @@ def test_chexpert_contract(chexpert: Path):
 @pytest.fixture
 def nih(tmp_path: Path) -> Path:
     root = copy_fixture("nih", tmp_path)
-    with_images(D.NIHChestXray14(root))
+    with_images(NIHChestXray14(root))
     return root
 
 
 def test_nih_contract(nih: Path):
-    ds = D.NIHChestXray14(nih)
+    ds = NIHChestXray14(nih)
     assert ds.label_names == list(L.NIH_LABELS) and len(ds) == 6
     assert ds.paths[0] == str(nih / "images" / "00000101_000.png")
     assert ds.labels.sum(axis=1).tolist() == [1, 2, 1, 3, 1, 3]
@@ -238,17 +219,17 @@ def test_nih_contract(nih: Path):
 
 
 def test_nih_official_lists_and_hash(nih: Path):
-    ds = D.NIHChestXray14(nih)
+    ds = NIHChestXray14(nih)
     assert ds.metadata["official_split"] == ["trainval"] * 3 + ["test"] + ["trainval"] * 2
-    assert D.NIHChestXray14(nih, split="test").ids == ["00000103_000.png"]
-    assert_patient_disjoint(lambda s: D.NIHChestXray14(nih, split=s))
-    assert_patient_disjoint(lambda s: D.NIHChestXray14(nih, split=s, split_by="hash"))
+    assert NIHChestXray14(nih, split="test").ids == ["00000103_000.png"]
+    assert_patient_disjoint(lambda s: NIHChestXray14(nih, split=s))
+    assert_patient_disjoint(lambda s: NIHChestXray14(nih, split=s, split_by="hash"))
     for s in ("train", "val", "test"):  # taken from one parse: the same rows
-        assert ds.with_split(s).ids == D.NIHChestXray14(nih, split=s).ids
+        assert ds.with_split(s).ids == NIHChestXray14(nih, split=s).ids
     (nih / "test_list.txt").unlink()  # without the lists: hash
-    assert "official_split" not in D.NIHChestXray14(nih).metadata
+    assert "official_split" not in NIHChestXray14(nih).metadata
     with pytest.raises(ConfigError, match="no official split"):
-        D.NIHChestXray14(nih, split_by="official")
+        NIHChestXray14(nih, split_by="official")
 
 
 def test_nih_sharded_image_folders(nih: Path):
@@ -257,13 +238,13 @@ def test_nih_sharded_image_folders(nih: Path):
     for i, p in enumerate(sorted((nih / "images").iterdir())):
         p.rename(nih / f"images_00{1 + i % 2}" / "images" / p.name)
     (nih / "images").rmdir()
-    ds = D.NIHChestXray14(nih)
+    ds = NIHChestXray14(nih)
     assert ds.paths[1] == str(nih / "images_002" / "images" / "00000101_001.png")
     assert ds[1]["image"].shape == (20, 16)
 
 
 def test_nih_canonical(nih: Path):
-    ds = D.NIHChestXray14(nih, labels="canonical")
+    ds = NIHChestXray14(nih, labels="canonical")
     row = dict(zip(ds.label_names, ds.labels[5], strict=True))
     assert row["pneumothorax"] == 1 and np.isnan(row["pneumothorax_right"])
     assert row["emphysema"] == 1 and row["effusion"] == 0 and row["effusion_left"] == 0
@@ -280,13 +261,13 @@ def openi(tmp_path: Path) -> tuple[Path, Path]:
     tgz = iu_tgz(tmp_path / "NLMCXR_reports.tgz")
     folder = tmp_path / "NLMCXR_png"
     folder.mkdir()
-    with_images(D.OpenI(folder, reports=tgz))
+    with_images(OpenI(folder, reports=tgz))
     return folder, tgz
 
 
 def test_openi_rows_labels_and_reports(openi):
     folder, tgz = openi
-    ds = D.OpenI(folder, reports=tgz)
+    ds = OpenI(folder, reports=tgz)
     assert len(ds) == 9  # one row per image: 2 + 1 + 4 + 2
     assert ds.ids[0] == "CXR1_1_IM-0001-3001" and ds.paths[0] == str(
         folder / "CXR1_1_IM-0001-3001.png")
@@ -298,14 +279,14 @@ def test_openi_rows_labels_and_reports(openi):
     assert item["report"].startswith("1. Small left pleural effusion. 2. Mild cardiomegaly. "
                                      "Small left pleural effusion with patchy")
     assert item["report"] == ds.metadata[2]["report"] == ds.report(2)
-    assert_patient_disjoint(lambda s: D.OpenI(folder, reports=tgz, split=s))
+    assert_patient_disjoint(lambda s: OpenI(folder, reports=tgz, split=s))
     with pytest.raises(ConfigError, match="no view information"):
-        D.OpenI(folder, reports=tgz, views=["PA"])
+        OpenI(folder, reports=tgz, views=["PA"])
 
 
 def test_openi_canonical_sides(openi):
     folder, tgz = openi
-    ds = D.OpenI(folder, reports=tgz, labels="canonical")
+    ds = OpenI(folder, reports=tgz, labels="canonical")
 
     def row(report_id: str) -> dict[str, float]:
         return dict(zip(ds.label_names, ds.labels[ds.patient_ids.index(report_id)], strict=True))
@@ -331,12 +312,12 @@ def padchest(tmp_path: Path) -> Path:
     root = copy_fixture("padchest", tmp_path)
     (root / "0").mkdir()
     (root / "1").mkdir()
-    with_images(D.PadChest(root))
+    with_images(PadChest(root))
     return root
 
 
 def test_padchest_labels(padchest: Path):
-    ds = D.PadChest(padchest)
+    ds = PadChest(padchest)
     assert len(ds) == 9 and ds.label_names == list(L.PADCHEST_LABELS)
     assert ds.paths[0] == str(padchest / "0" / "1001_aa.png")
     assert ds.paths[4] == str(padchest / "1" / "1004_aa.png")
@@ -350,11 +331,11 @@ def test_padchest_labels(padchest: Path):
     img = ds[4]["image"]
     assert img.dtype == np.float32 and img.shape == (20, 16)
     np.testing.assert_allclose(img, pixels.read_image(ds.paths[4]))
-    assert_patient_disjoint(lambda s: D.PadChest(padchest, split=s))
+    assert_patient_disjoint(lambda s: PadChest(padchest, split=s))
 
 
 def test_padchest_canonical_sides(padchest: Path):
-    ds = D.PadChest(padchest, labels="canonical")
+    ds = PadChest(padchest, labels="canonical")
     rows = [dict(zip(ds.label_names, r, strict=True)) for r in ds.labels]
     sides = [(r["effusion"], r["effusion_left"], r["effusion_right"]) for r in rows]
     assert sides[0] == (1, 1, 0)  # 'pleural effusion left side'
@@ -370,7 +351,7 @@ def test_padchest_canonical_sides(padchest: Path):
 
 def test_padchest_flat_image_folder(tmp_path: Path):
     root = copy_fixture("padchest", tmp_path)
-    ds = D.PadChest(root)
+    ds = PadChest(root)
     assert ds.paths[0] == str(root / "1001_aa.png")
 
 
@@ -381,28 +362,28 @@ def test_padchest_flat_image_folder(tmp_path: Path):
 @pytest.fixture
 def folder(tmp_path: Path) -> Path:
     root = copy_fixture("folder", tmp_path)
-    with_images(D.FolderCSV(root))
+    with_images(FolderCSV(root))
     return root
 
 
 def test_folder_csv(folder: Path):
-    ds = D.FolderCSV(folder)
+    ds = FolderCSV(folder)
     assert ds.label_names == ["cardiomegaly", "effusion_left", "effusion_right", "Opacity"]
     np.testing.assert_array_equal(ds.labels[:, 3], [nan, nan, 1, 0])  # -1 ignored -> NaN
-    assert D.FolderCSV(folder, uncertain="ones").labels[1, 3] == 1
+    assert FolderCSV(folder, uncertain="ones").labels[1, 3] == 1
     assert ds.metadata["split"] == ["train", "train", "val", "test"]  # 'validate' -> val
     assert ds.paths[3] == str(folder / "img" / "d.jpg")
     assert ds[3]["image"].shape == (20, 16)
-    canon = D.FolderCSV(folder, labels="canonical")
+    canon = FolderCSV(folder, labels="canonical")
     row = dict(zip(canon.label_names, canon.labels[0], strict=True))
     assert (row["effusion"], row["effusion_left"], row["effusion_right"]) == (1, 0, 1)
     assert np.isnan(row["nodule"])
     row = dict(zip(canon.label_names, canon.labels[2], strict=True))
     assert row["effusion"] == 1 and np.isnan(row["cardiomegaly"])
-    mapped = D.FolderCSV(folder, labels="canonical", canonical_map={"Opacity": ["consolidation"]})
+    mapped = FolderCSV(folder, labels="canonical", canonical_map={"Opacity": ["consolidation"]})
     assert col(mapped, "consolidation")[2] == 1 and np.isnan(col(mapped, "cardiomegaly")).all()
-    assert_patient_disjoint(lambda s: D.FolderCSV(folder, split=s, split_by="hash"))
-    assert D.FolderCSV(folder, label_columns=["cardiomegaly"]).label_names == ["cardiomegaly"]
+    assert_patient_disjoint(lambda s: FolderCSV(folder, split=s, split_by="hash"))
+    assert FolderCSV(folder, label_columns=["cardiomegaly"]).label_names == ["cardiomegaly"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -412,7 +393,7 @@ def test_folder_csv(folder: Path):
 def counting(calls: list[Path]):
     def decode(path: Path, size: tuple[int, int]) -> np.ndarray:
         calls.append(path)
-        return D.read_xray(path, size)
+        return read_xray(path, size)
 
     return decode
 
@@ -426,7 +407,7 @@ def test_cache_decodes_each_file_once(tmp_path: Path):
     res = cache.build(paths, counting(calls), progress=False)
     assert res.decoded == 6 and len(calls) == 6 and all(s is not None for s in res.slots)
     for p, s in zip(paths, res.slots, strict=True):
-        direct = pixels.resize(D.read_xray(p, (16, 16)), 16)
+        direct = pixels.resize(read_xray(p, (16, 16)), 16)
         np.testing.assert_allclose(cache.read(s), direct, atol=0.5 / 65535 + 1e-6)
     # again, and from a new instance (another epoch, another run): nothing decoded
     assert cache.build(paths, counting(calls), progress=False).reused == 6
@@ -448,13 +429,13 @@ def test_reduced_jpeg_decoding_matches_a_full_decode(tmp_path: Path):
     yy, xx = np.mgrid[0:400, 0:320]
     img = (128 + 100 * np.sin(yy / 40.0) * np.cos(xx / 30.0)).astype(np.uint8)
     Image.fromarray(img).convert("RGB").save(tmp_path / "x.jpg", quality=95)
-    reduced = D.read_xray(tmp_path / "x.jpg", (64, 64))
+    reduced = read_xray(tmp_path / "x.jpg", (64, 64))
     assert reduced.shape == (100, 80)  # 1/4 scale: still at least 64 x 64
     full = pixels.read_image(tmp_path / "x.jpg")
     diff = np.abs(pixels.resize(reduced, 64) - pixels.resize(full, 64))
     assert diff.mean() < 0.01 and diff.max() < 0.06
     Image.fromarray(img).save(tmp_path / "png.jpg", format="PNG")  # misnamed: still read
-    np.testing.assert_allclose(D.read_xray(tmp_path / "png.jpg", (64, 64)), img / 255, atol=1e-6)
+    np.testing.assert_allclose(read_xray(tmp_path / "png.jpg", (64, 64)), img / 255, atol=1e-6)
 
 
 def test_cache_resumes_after_an_interruption(tmp_path: Path):
@@ -495,32 +476,32 @@ def test_dataset_reads_from_the_cache_and_drops_bad_rows(nih: Path, tmp_path: Pa
                                                          monkeypatch):
     (nih / "images" / "00000102_000.png").write_bytes(b"garbage")
     (nih / "images" / "00000104_000.png").unlink()
-    ds = D.NIHChestXray14(nih, size=12, cache_dir=tmp_path / "cache", progress=False,
+    ds = NIHChestXray14(nih, size=12, cache_dir=tmp_path / "cache", progress=False,
                           labels="canonical")
     assert len(ds) == 4 and len(ds.skipped) == 2
     assert dict(ds.skipped)[str(nih / "images" / "00000104_000.png")] == "file not found"
     assert "00000102_000.png" not in ds.ids and ds.labels.shape == (4, len(L.CANONICAL_NAMES))
     assert ds.metadata["id"] == ds.ids and len(ds.metadata) == 4
-    ref = [pixels.resize(D.read_xray(p), 12) for p in ds.paths]
+    ref = [pixels.resize(read_xray(p), 12) for p in ds.paths]
 
     def no_decoding(*args, **kwargs):
         raise AssertionError("decoded a file that is in the cache")
 
-    monkeypatch.setattr(D, "read_xray", no_decoding)
-    again = D.NIHChestXray14(nih, size=12, cache_dir=tmp_path / "cache", progress=False)
+    monkeypatch.setattr(files, "read_xray", no_decoding)  # where the loaders call it
+    again = NIHChestXray14(nih, size=12, cache_dir=tmp_path / "cache", progress=False)
     assert len(again) == 4 and len(again.skipped) == 2
     for i in range(4):
         assert again[i]["image"].shape == (12, 12)
         np.testing.assert_allclose(again[i]["image"], ref[i], atol=1e-4)
     # the test split of the cached dataset is a subset of the same rows
-    assert D.NIHChestXray14(nih, size=12, cache_dir=tmp_path / "cache", progress=False,
+    assert NIHChestXray14(nih, size=12, cache_dir=tmp_path / "cache", progress=False,
                             split="test").ids == ["00000103_000.png"]
 
 
 def test_items_collate_into_batches(nih: Path):
     from torch.utils.data import DataLoader
 
-    ds = D.NIHChestXray14(nih, size=8, labels="canonical")
+    ds = NIHChestXray14(nih, size=8, labels="canonical")
     batch = next(iter(DataLoader(ds, batch_size=3)))
     assert tuple(batch["image"].shape) == (3, 8, 8)
     assert tuple(batch["labels"].shape) == (3, len(L.CANONICAL_NAMES))
@@ -538,7 +519,7 @@ def test_dicom_paths_go_through_the_dicom_reader(tmp_path: Path, monkeypatch):
 
     class Options:
         def __init__(self, decode_size=None):
-            self.decode_size = decode_size
+            self.decode_size, self.limits = decode_size, None
 
     seen = {}
 
@@ -547,17 +528,19 @@ def test_dicom_paths_go_through_the_dicom_reader(tmp_path: Path, monkeypatch):
         return types.SimpleNamespace(image=np.full((6, 5), 0.25, np.float32))
 
     fake.read_dicom, fake.ReadOptions = read_dicom, Options
+    fake.read_dataset = lambda path, limits=None: {}  # a header with no burned-in flags
+    fake.dataset_to_image = lambda ds, path, options: read_dicom(path, options)
     monkeypatch.setitem(sys.modules, "biomed.imaging.dicom.read", fake)
     import biomed.imaging.dicom
 
     monkeypatch.setattr(biomed.imaging.dicom, "read", fake, raising=False)
-    img = D.read_xray(dcm, (4, 3))
+    img = read_xray(dcm, (4, 3))
     assert img.shape == (6, 5) and seen["size"] == (4, 3)
     del fake.read_dicom
     with pytest.raises(InputError, match="a.dcm: cannot read DICOM"):
-        D.read_xray(dcm)
+        read_xray(dcm)
     with pytest.raises(InputError, match="file not found"):
-        D.read_xray(tmp_path / "missing.dcm")
+        read_xray(tmp_path / "missing.dcm")
 
 
 @pytest.mark.data
@@ -567,7 +550,7 @@ def test_real_dicom_in_a_folder_dataset(tmp_path: Path):
     """The real MONOCHROME1 JPEG 2000 radiograph through a folder dataset and the cache."""
     dcm = sources.path("chest_dicom", "RG1_J2KR.dcm")
     (tmp_path / "labels.csv").write_text(f"path,cardiomegaly\n{dcm},0\n")
-    ds = D.FolderCSV(tmp_path, size=64, cache_dir=tmp_path / "cache", progress=False)
+    ds = FolderCSV(tmp_path, size=64, cache_dir=tmp_path / "cache", progress=False)
     img = ds[0]["image"]
     assert img.shape == (64, 64) and img.dtype == np.float32 and not ds.skipped
     # lungs (upper thirds, either side of the midline) darker than the mediastinum and spine
@@ -581,27 +564,27 @@ def test_real_dicom_in_a_folder_dataset(tmp_path: Path):
 
 def test_bad_inputs_are_one_line_errors(nih: Path, chexpert: Path, tmp_path: Path):
     with pytest.raises(InputError, match="NIH ChestX-ray14 folder not found"):
-        D.NIHChestXray14(tmp_path / "nowhere")
+        NIHChestXray14(tmp_path / "nowhere")
     with pytest.raises(InputError, match="Data_Entry CSV not found"):
-        D.NIHChestXray14(tmp_path)
+        NIHChestXray14(tmp_path)
     csv_path = nih / "Data_Entry_2017_v2020.csv"
     text = csv_path.read_text()
     csv_path.write_text(text.replace("Finding Labels", "Findings"))
     with pytest.raises(InputError, match="missing required column.*'Finding Labels'"):
-        D.NIHChestXray14(nih)
+        NIHChestXray14(nih)
     csv_path.write_text(text + "00000105_000.png,Cardiomegaly,0,105\n")
     with pytest.raises(InputError, match="line 8: 4 fields, the header has 11"):
-        D.NIHChestXray14(nih)
+        NIHChestXray14(nih)
     csv_path.write_text(text + "00000105_000.png,Cardiomegally,0,105,1,M,PA,1,1,1,1\n")
     with pytest.raises(InputError, match="unknown finding 'Cardiomegally'"):
-        D.NIHChestXray14(nih)
+        NIHChestXray14(nih)
     csv_path.write_bytes(b"\xff\xfe\x00garbage\x00")
     with pytest.raises(InputError, match="Data_Entry_2017_v2020.csv: unreadable CSV"):
-        D.NIHChestXray14(nih)
+        NIHChestXray14(nih)
     csv_path.write_text(text)
 
     (nih / "images" / "00000101_000.png").unlink()
-    ds = D.NIHChestXray14(nih)
+    ds = NIHChestXray14(nih)
     with pytest.raises(InputError) as err:
         ds[0]
     assert str(err.value) == f"{nih / 'images' / '00000101_000.png'}: file not found"
@@ -609,24 +592,24 @@ def test_bad_inputs_are_one_line_errors(nih: Path, chexpert: Path, tmp_path: Pat
     train = chexpert / "train.csv"
     train.write_text(train.read_text().replace(",1.0,,,,,,,,,0.0,", ",yes,,,,,,,,,0.0,"))
     with pytest.raises(InputError, match="line 2: column 'No Finding' has 'yes'"):
-        D.CheXpert(chexpert)
+        CheXpert(chexpert)
     with pytest.raises(ConfigError, match="uncertain='maybe'"):
-        D.CheXpert(chexpert, csv_files=["valid.csv"], uncertain="maybe")
+        CheXpert(chexpert, csv_files=["valid.csv"], uncertain="maybe")
     with pytest.raises(ConfigError, match="split='training'"):
-        D.NIHChestXray14(nih, split="training")
+        NIHChestXray14(nih, split="training")
     with pytest.raises(ConfigError, match="labels='mesh'"):
-        D.NIHChestXray14(nih, labels="mesh")
+        NIHChestXray14(nih, labels="mesh")
     with pytest.raises(ConfigError, match="cache_dir needs a size"):
-        D.NIHChestXray14(nih, cache_dir=tmp_path / "c")
+        NIHChestXray14(nih, cache_dir=tmp_path / "c")
     with pytest.raises(ConfigError, match="sum to 1"):
-        D.NIHChestXray14(nih, fractions=[0.5, 0.5, 0.5])
+        NIHChestXray14(nih, fractions=[0.5, 0.5, 0.5])
     with pytest.raises(InputError, match="line 2: column 'Opacity' has 'x'"):
         (tmp_path / "f").mkdir()
         (tmp_path / "f" / "labels.csv").write_text("path,Opacity\na.png,x\n")
-        D.FolderCSV(tmp_path / "f")
+        FolderCSV(tmp_path / "f")
     with pytest.raises(InputError, match="no label columns"):
         (tmp_path / "f" / "labels.csv").write_text("path,id\na.png,a\n")
-        D.FolderCSV(tmp_path / "f")
+        FolderCSV(tmp_path / "f")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -661,7 +644,7 @@ def test_data_configs_instantiate(config, fixture, overrides, tmp_path: Path):
     cfg.data.cache_dir = None  # the shipped default caches under paths.cache_dir
     cfg.data.split = None
     ds = instantiate(cfg.data)
-    assert isinstance(ds, D.XrayDataset) and ds.name == config and len(ds) > 0
+    assert isinstance(ds, XrayDataset) and ds.name == config and len(ds) > 0
     assert ds.size == (512, 512) and ds.labels.shape[0] == len(ds.metadata) == len(ds)
     assert ds.labels.dtype == np.float32
 
@@ -691,14 +674,14 @@ def write_csv(path: Path, header: list[str], rows: list[list[str]]) -> Path:
 def test_nih_on_real_rows(tmp_path: Path):
     header, rows = real_rows("Data_Entry_2017_v2020.csv.gz", 60)
     write_csv(tmp_path / "Data_Entry_2017_v2020.csv", header, rows)
-    ds = with_images(D.NIHChestXray14(tmp_path, split=None))
+    ds = with_images(NIHChestXray14(tmp_path, split=None))
     for i, r in enumerate(rows):
         assert ds.ids[i] == r[0] and ds.patient_ids[i] == r[3]
         assert {n for n, v in zip(ds.label_names, ds.labels[i], strict=True) if v == 1} == set(
             r[1].split("|"))
     assert ds[0]["image"].shape == (20, 16)
-    assert_patient_disjoint(lambda s: D.NIHChestXray14(tmp_path, split=s))
-    canon = D.NIHChestXray14(tmp_path, labels="canonical")
+    assert_patient_disjoint(lambda s: NIHChestXray14(tmp_path, split=s))
+    canon = NIHChestXray14(tmp_path, labels="canonical")
     assert col(canon, "cardiomegaly")[0] == 1  # 00000001_000.png: Cardiomegaly
 
 
@@ -709,13 +692,13 @@ def test_chexpert_on_real_rows(tmp_path: Path):
     write_csv(tmp_path / "train.csv", header, rows)
     raw = np.array([[_VALUES[v] for v in r[5:]] for r in rows], np.float32)
     for policy, fill in (("ignore", nan), ("ones", 1.0), ("zeros", 0.0)):
-        ds = D.CheXpert(tmp_path, uncertain=policy)
+        ds = CheXpert(tmp_path, uncertain=policy)
         expected = np.where(raw == -1, fill, raw)
         np.testing.assert_array_equal(ds.labels, expected)
-    ds = with_images(D.CheXpert(tmp_path))
+    ds = with_images(CheXpert(tmp_path))
     assert ds.paths[0] == str(tmp_path / "train/patient00001/study1/view1_frontal.jpg")
     assert ds[3]["image"].shape == (20, 16) and ds.metadata["view"][3] == "LATERAL"
-    assert_patient_disjoint(lambda s: D.CheXpert(tmp_path, split=s))
+    assert_patient_disjoint(lambda s: CheXpert(tmp_path, split=s))
 
 
 _VALUES = {"": nan, "1.0": 1.0, "0.0": 0.0, "-1.0": -1.0}
@@ -728,13 +711,13 @@ def test_padchest_on_real_rows(tmp_path: Path):
     write_csv(tmp_path / "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv", header, rows)
     for d in {r[2] for r in rows}:
         (tmp_path / d).mkdir(exist_ok=True)
-    ds = with_images(D.PadChest(tmp_path, split=None))
+    ds = with_images(PadChest(tmp_path, split=None))
     assert len(ds) == 40 and not ds.unknown_labels
     assert ds.paths[0] == str(tmp_path / rows[0][2] / rows[0][1])
     assert col(ds, "normal")[0] == 1  # the first real row: ['normal']
     assert col(ds, "pulmonary fibrosis")[1] == 1 and col(ds, "kyphosis")[1] == 1
     assert ds[0]["image"].shape == (20, 16)
-    canon = D.PadChest(tmp_path, labels="canonical")
+    canon = PadChest(tmp_path, labels="canonical")
     assert canon.labels.shape == (40, len(L.CANONICAL_NAMES))
     assert col(canon, "no_finding")[0] == 1
-    assert_patient_disjoint(lambda s: D.PadChest(tmp_path, split=s))
+    assert_patient_disjoint(lambda s: PadChest(tmp_path, split=s))

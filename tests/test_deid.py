@@ -23,7 +23,7 @@ from biomed.imaging.dicom.deid import (
     code_meaning,
     load_or_create_key,
 )
-from tests.test_dicom import STUDY_DATE, free_text, identifying_values, make_dataset, save
+from tests.helpers.dicom import STUDY_DATE, free_text, identifying_values, make_dataset, save
 
 KEY = bytes(range(32))
 

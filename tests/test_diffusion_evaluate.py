@@ -1,5 +1,5 @@
 """`biomed evaluate-generation` (biomed.imaging.diffusion.evaluate) and the generation metrics
-(biomed.imaging.diffusion.gen_metrics).
+(biomed.imaging.diffusion.evaluate.instruments).
 
 The fidelity tests use `BlobPhantoms`: the paired phantom dataset (`PhantomIU`, real mechanics:
 reports -> findings -> renders, splits, exact labels, templated reports) with a cheap renderer
@@ -22,10 +22,11 @@ from scipy.signal import convolve2d
 
 from biomed.config import compose
 from biomed.errors import ConfigError, InputError
-from biomed.imaging.classifier.train import load_classifier
+from biomed.imaging.classifier.model import load_classifier
 from biomed.imaging.core.findings import PhantomFinding
 from biomed.imaging.diffusion import evaluate as E
-from biomed.imaging.diffusion import gen_metrics as G
+from biomed.imaging.diffusion.evaluate import command, scoring, tables
+from biomed.imaging.diffusion.evaluate import instruments as G
 from biomed.imaging.phantom.dataset import PhantomIU
 from biomed.imaging.reports.iu import Report
 
@@ -404,11 +405,11 @@ def test_run_writes_metrics_table_grid_and_report(tmp_path, classifier_dir, monk
         seen["model_dir"] = cfg.model_dir
         return perfect_generator(table)
 
-    monkeypatch.setattr(E, "make_generator", fake_make_generator)
+    monkeypatch.setattr(command, "make_generator", fake_make_generator)
     clip_dir = tiny_clip_dir(tmp_path)
     cfg = eval_cfg(tmp_path, f"model_dir={tmp_path / 'model'}", f"classifier_dir={classifier_dir}",
                    f"clip_dir={clip_dir.parent}")
-    metrics = E.run(cfg)
+    metrics = command.run(cfg)
     run = tmp_path / "run"
     saved = json.loads((run / "metrics.json").read_text())
     assert saved["status"] == "completed" and seen["model_dir"] == str(tmp_path / "model")
@@ -437,8 +438,8 @@ def test_run_without_clip_skips_clip_metrics(tmp_path, classifier_dir, monkeypat
     test = BlobPhantoms(split="test")
     table = lookup(test, E.EvalSettings(**{**SETTINGS, "laterality_per_side": 4,
                                            "negation_pairs": 3}))
-    monkeypatch.setattr(E, "make_generator", lambda cfg, device=None: perfect_generator(table))
-    m = E.run(eval_cfg(tmp_path, "model_dir=x", f"classifier_dir={classifier_dir}"))
+    monkeypatch.setattr(command, "make_generator", lambda cfg, device=None: perfect_generator(table))
+    m = command.run(eval_cfg(tmp_path, "model_dir=x", f"classifier_dir={classifier_dir}"))
     assert m["clip_score"] == {"skipped": "no clip_dir"} and m["fid_clip"] is None
     assert m["fid_classifier"] is not None
 
@@ -446,20 +447,20 @@ def test_run_without_clip_skips_clip_metrics(tmp_path, classifier_dir, monkeypat
 def test_bad_folders_give_one_line_errors(tmp_path, classifier_dir, monkeypatch):
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="empty") as e:
-        E.run(eval_cfg(tmp_path, f"model_dir={tmp_path / 'empty'}",
+        command.run(eval_cfg(tmp_path, f"model_dir={tmp_path / 'empty'}",
                        f"classifier_dir={classifier_dir}"))
     assert "\n" not in str(e.value) and "model_index.json" in str(e.value)
     with pytest.raises(InputError, match="no such model folder"):
-        E.run(eval_cfg(tmp_path, f"model_dir={tmp_path / 'nope'}",
+        command.run(eval_cfg(tmp_path, f"model_dir={tmp_path / 'nope'}",
                        f"classifier_dir={classifier_dir}"))
     with pytest.raises(ConfigError, match="model_dir=... and classifier_dir"):
-        E.run(eval_cfg(tmp_path))
-    monkeypatch.setattr(E, "make_generator", lambda cfg, device=None: None)
+        command.run(eval_cfg(tmp_path))
+    monkeypatch.setattr(command, "make_generator", lambda cfg, device=None: None)
     with pytest.raises(InputError, match="not a classifier folder") as e:
-        E.run(eval_cfg(tmp_path, "model_dir=x", f"classifier_dir={tmp_path / 'empty'}"))
+        command.run(eval_cfg(tmp_path, "model_dir=x", f"classifier_dir={tmp_path / 'empty'}"))
     assert "\n" not in str(e.value)
     with pytest.raises(InputError, match="CLIP folder"):
-        E.run(eval_cfg(tmp_path, "model_dir=x", f"classifier_dir={classifier_dir}",
+        command.run(eval_cfg(tmp_path, "model_dir=x", f"classifier_dir={classifier_dir}",
                        f"clip_dir={tmp_path / 'empty'}"))
 
 
@@ -470,7 +471,7 @@ def test_cli_prints_one_line_and_exits_nonzero(tmp_path, monkeypatch, capsys):
                                       f"classifier_dir={tmp_path}",
                                       f"hydra.run.dir={tmp_path / 'run'}"])
     with pytest.raises(SystemExit) as e:
-        E.main()
+        command.main()
     assert e.value.code != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and "nope" in err[0]
@@ -479,7 +480,7 @@ def test_cli_prints_one_line_and_exits_nonzero(tmp_path, monkeypatch, capsys):
 def test_a_saved_pipeline_is_sampled_through_generate_images(tmp_path, classifier_dir):
     """The wiring to `sample.generate_images`: a tiny random Stable-Diffusion-layout folder
     (32 px) evaluated end to end with two sampling steps; its numbers mean nothing."""
-    from tests.diffusion_helpers import tiny_sd_folder
+    from tests.helpers.diffusion import tiny_sd_folder
 
     model = tiny_sd_folder(tmp_path / "sd")
     cfg = eval_cfg(tmp_path, f"model_dir={model}", f"classifier_dir={classifier_dir}",
@@ -487,7 +488,7 @@ def test_a_saved_pipeline_is_sampled_through_generate_images(tmp_path, classifie
                    "eval.samples_per_prompt_diversity=2", "eval.laterality_per_side=1",
                    "eval.negation_pairs=1", "sampler.steps=2", "sampler.batch_size=8",
                    "device=cpu")
-    m = E.run(cfg)
+    m = command.run(cfg)
     assert m["images_generated"] == 4 + 2 + 4 + 6 and m["image_size"] == [SIZE, SIZE]
     assert "weights-sha256" in m["model_id"] and 0 <= m["diverged"] <= m["images_generated"]
     assert m["prompt_max_tokens"] == 77 and 0 < m["prompts_truncated"] <= 4 + 4 + 6
@@ -508,7 +509,7 @@ def test_fidelity_leaves_out_prompts_whose_text_denies_or_hedges_their_tag():
     # the generated images follow the prompts' text: no effusion for R2, some for R3
     p_eff = np.array([0.9, 0.8, 0.1, 0.85, 0.2, 0.1], np.float32)
     probs = np.stack([1 - p_eff, p_eff, p_eff, p_eff], axis=1)
-    out = E._fidelity_both(held, probs, probs, names, True, n_boot=20, seed=0)
+    out = scoring.fidelity_both(held, probs, probs, names, True, n_boot=20, seed=0)
     checked, tags = out["fidelity"]["effusion"], out["fidelity_tag_labels"]["effusion"]
     assert (checked["n_pos"], checked["n_neg"]) == (2, 2)
     assert checked["generated"]["value"] == 1.0
@@ -517,8 +518,8 @@ def test_fidelity_leaves_out_prompts_whose_text_denies_or_hedges_their_tag():
     left = out["prompt_label_check"]["left_out"]["effusion"]
     assert left == {"n": 2, "tag_positive": 1, "report_ids": ["R2", "R3"]}
     assert out["fidelity"]["effusion_left"]["n_pos"] == 1  # R2's side column left out too
-    assert set(E._fidelity_both(held, probs, probs, names, False, n_boot=20, seed=0)) == \
+    assert set(scoring.fidelity_both(held, probs, probs, names, False, n_boot=20, seed=0)) == \
         {"fidelity"}
     m = {"fidelity": out["fidelity"], "fidelity_tag_labels": out["fidelity_tag_labels"],
          "prompt_label_check": out["prompt_label_check"]}
-    assert "R2, R3" in "\n".join(E._label_check_rows(m))
+    assert "R2, R3" in "\n".join(tables._label_check_rows(m))

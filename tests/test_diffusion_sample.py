@@ -14,9 +14,9 @@ import torch
 
 from biomed.config import compose
 from biomed.errors import ConfigError, InputError
-from biomed.imaging.core.pixels import png_text, read_image
+from biomed.imaging.core.pixels import png_text, read_image, to_uint16
 from biomed.imaging.dicom.write import prompt_hash
-from biomed.imaging.diffusion import sample
+from biomed.imaging.diffusion import pipeline, sample
 
 PROMPTS = ["Moderate cardiomegaly.", "Large left pleural effusion with adjacent atelectasis."]
 FAST = ["steps=3", "progress=false", "threads=1", "batch_size=3", "device=cpu"]  # fp32: exact
@@ -168,6 +168,30 @@ def test_same_seed_same_image_bit_for_bit_and_one_image_regenerates_alone(tmp_pa
     assert lines[2]["seed"] == sample.image_seed(5, 0, 2)
 
 
+def test_pipeline_generator_is_the_generator_the_command_samples_through(tmp_path, pipeline_dir):
+    """`PipelineGenerator` keeps the `Generator` contract (gray float32 in [0, 1], flags, an id
+    that changes with what changes the images, provenance) and gives the command's images."""
+    settings = {"steps": 3, "guidance": 4.0, "batch_size": 3, "dtype": "float32"}
+    gen = sample.PipelineGenerator(pipeline_dir.parent, settings, "cpu")
+    assert isinstance(gen, sample.Generator)
+    seeds = [sample.image_seed(0, 0, k) for k in range(2)]
+    out = gen([PROMPTS[0]] * 2, seeds)
+    assert out.images.shape == (2, 32, 32) and out.images.dtype == np.float32
+    assert 0 <= out.images.min() <= out.images.max() <= 1 and out.diverged.dtype == bool
+    assert gen.id == sample.PipelineGenerator(pipeline_dir, settings, "cpu").id
+    assert gen.id != sample.PipelineGenerator(pipeline_dir, {**settings, "steps": 4}, "cpu").id
+    assert gen.provenance(PROMPTS[0], seeds[1]) == {
+        "prompt": PROMPTS[0], "seed": seeds[1], "steps": 3, "guidance": 4.0,
+        "scheduler": "dpmpp", "model_id": gen.model_id, "model_dir": str(pipeline_dir.resolve())}
+    sample.run(gen_cfg(tmp_path, pipeline_dir, f"prompt={PROMPTS[0]}", "n=2", "guidance=4"))
+    lines = manifest(tmp_path / "run")
+    for ln, img in zip(lines, out.images, strict=True):
+        assert {k: ln[k] for k in gen.provenance(PROMPTS[0], ln["seed"])} == \
+            gen.provenance(PROMPTS[0], ln["seed"])
+        assert np.array_equal(to_uint16(read_image(tmp_path / "run" / ln["file"])),
+                              to_uint16(img))
+
+
 def test_dicom_output_is_marked_synthetic(tmp_path, pipeline_dir):
     sample.run(gen_cfg(tmp_path, pipeline_dir, f"prompt={PROMPTS[0]}", "n=1", "dicom=true",
                        "seed=3"))
@@ -188,7 +212,7 @@ def test_other_schedulers_sample(pipeline_dir, name):
     assert out.images.shape == (2, 32, 32) and out.images.dtype == np.float32
     assert np.isfinite(out.images).all() and 0 <= out.images.min() <= out.images.max() <= 1
     assert out.diverged.shape == (2,) and out.diverged.dtype == bool
-    loaded = sample.load_pipeline(pipeline_dir, "cpu")
+    loaded = pipeline.load_pipeline(pipeline_dir, "cpu")
     assert type(loaded.pipe.scheduler).__name__ == f"{name.upper()}Scheduler"
     assert loaded.pipe.scheduler.config.clip_sample_range == sample.LATENT_CLIP
 
@@ -204,7 +228,7 @@ def test_three_channel_vae_in_memory_pipeline_is_averaged_to_gray(tmp_path):
 
 
 def test_dpmpp_settings_clip_the_predicted_latent_without_rescaling(pipeline_dir):
-    base = sample.load_pipeline(pipeline_dir, "cpu").scheduler_config
+    base = pipeline.load_pipeline(pipeline_dir, "cpu").scheduler_config
     s = sample.make_scheduler("dpmpp", base, latent_clip=2.0)
     c = s.config
     assert c.algorithm_type == "dpmsolver++" and c.final_sigmas_type == "zero"
@@ -292,7 +316,7 @@ def test_bad_inputs_give_one_line_errors(tmp_path, pipeline_dir):
     broken.mkdir(parents=True)
     (broken / "model_index.json").write_text("{not json")
     with pytest.raises(InputError, match="cannot load") as e:
-        sample.load_pipeline(broken.parent, "cpu")
+        pipeline.load_pipeline(broken.parent, "cpu")
     _one_line(e.value, "broken")
 
     empty = tmp_path / "empty.txt"

@@ -18,9 +18,10 @@ from biomed import sources
 from biomed.config import compose
 from biomed.engine import list_checkpoints, read_log
 from biomed.errors import BiomedError, ConfigError, InputError
-from biomed.imaging.diffusion import model as dm
-from biomed.imaging.diffusion import sample, train
-from tests.diffusion_helpers import (
+from biomed.imaging.diffusion import components as dc
+from biomed.imaging.diffusion import objective, pipeline, sample, train
+from biomed.imaging.diffusion.card import model_card
+from tests.helpers.diffusion import (
     PROMPTS,
     BlobPairs,
     tiny_sd_folder,
@@ -56,10 +57,10 @@ def test_tokenizer_is_small_clip_style_and_truncates_at_the_prompt_length():
     from transformers import CLIPTokenizer
 
     prompts = [BlobPairs(n=30).report(i) for i in range(30)]
-    tok = dm.build_tokenizer(prompts, vocab_size=600, max_length=16)
+    tok = dc.build_tokenizer(prompts, vocab_size=600, max_length=16)
     assert isinstance(tok, CLIPTokenizer) and tok.model_max_length == 16
     assert 514 < len(tok) <= 600  # byte symbols (+ </w>), 2 special, the merges: not 49,408
-    again = dm.build_tokenizer(list(prompts), vocab_size=600, max_length=16)
+    again = dc.build_tokenizer(list(prompts), vocab_size=600, max_length=16)
     assert again.get_vocab() == tok.get_vocab()  # deterministic (resume, several processes)
     enc = tok(["Opacity in the LEFT lung.", "", "word " * 40], padding="max_length",
               max_length=16, truncation=True)
@@ -91,7 +92,7 @@ def test_train_saves_a_pipeline_that_diffusers_loads_and_samples(trained, tmp_pa
     for phrase in ("user-supplied data", "Research only", "synthetic", "blob_pairs"):
         assert phrase in card
     info = json.loads((folder / "biomed.json").read_text())
-    phantom = dm.model_card({**info, "data": "phantom_iu"}, {})
+    phantom = model_card({**info, "data": "phantom_iu"}, {})
     for phrase in ("CC BY-NC-ND 4.0", "non-commercial", "**phantom**", "not patients'"):
         assert phrase in phantom
 
@@ -107,7 +108,7 @@ def test_train_saves_a_pipeline_that_diffusers_loads_and_samples(trained, tmp_pa
     assert pil.mode == "L" and pil.size == (32, 32)
 
     # the workbench's own loader and sampler (biomed generate) read the saved folder
-    same = sample.load_pipeline(run, "cpu")
+    same = pipeline.load_pipeline(run, "cpu")
     out = sample.generate_images(same, [PROMPTS[0]], [0], steps=3, guidance=3.0)
     assert out.images.shape == (1, 32, 32) and not out.diverged.any()
     assert out.images.min() >= 0.0 and out.images.max() <= 1.0
@@ -123,7 +124,7 @@ def test_train_saves_a_pipeline_that_diffusers_loads_and_samples(trained, tmp_pa
     assert (run / "vae_stage" / "reconstructions.png").is_file()
     rows = read_log(run)
     assert [r["step"] for r in rows if "val_loss" in r] == [2, 3]
-    info = dm.pipeline_info(run)
+    info = pipeline.pipeline_info(run)
     assert info["channels"] == 1 and info["prompt_length"] == 16 and info["ema"]
 
 
@@ -157,7 +158,7 @@ def test_saved_unet_and_text_encoder_are_the_ema_weights(trained):
 def _tiny_model(prediction_type="epsilon", ema_decay=0.9, gamma=5.0, offset=0.0):
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    unet = dm.build_unet(OmegaConf.create({
+    unet = dc.build_unet(OmegaConf.create({
         "block_out_channels": [16, 32], "attention": [True, False], "layers_per_block": 1,
         "cross_attention_dim": 32, "heads": 2, "norm_num_groups": 4}),
         latent_channels=4, sample_size=8, text_dim=32)
@@ -165,7 +166,7 @@ def _tiny_model(prediction_type="epsilon", ema_decay=0.9, gamma=5.0, offset=0.0)
                                       num_hidden_layers=1, num_attention_heads=2,
                                       max_position_embeddings=8, bos_token_id=0,
                                       eos_token_id=1, pad_token_id=1))
-    sched = dm.build_noise_scheduler({"prediction_type": prediction_type,
+    sched = dc.build_noise_scheduler({"prediction_type": prediction_type,
                                       "beta_schedule": "scaled_linear", "beta_start": 0.00085,
                                       "beta_end": 0.012})
     training = OmegaConf.create({"cond_dropout": 0.0, "snr_gamma": gamma,
@@ -173,7 +174,7 @@ def _tiny_model(prediction_type="epsilon", ema_decay=0.9, gamma=5.0, offset=0.0)
                                  "ema_decay": ema_decay})
     empty = {"input_ids": torch.zeros(1, 8, dtype=torch.long),
              "attention_mask": torch.ones(1, 8, dtype=torch.long)}
-    return train.DiffusionModel(unet, te, train_text_encoder=True, noise_scheduler=sched,
+    return objective.DiffusionModel(unet, te, train_text_encoder=True, noise_scheduler=sched,
                                 scaling_factor=0.5, training=training, empty=empty), sched
 
 
@@ -184,7 +185,7 @@ def test_min_snr_weights_match_the_formula(prediction_type):
     a = sched.alphas_cumprod.double().numpy()[t.numpy()]
     snr = a / (1 - a)
     expected = np.minimum(snr, 5.0) / (snr if prediction_type == "epsilon" else snr + 1)
-    got = train.min_snr_weights(sched.alphas_cumprod, t, 5.0, prediction_type).double().numpy()
+    got = objective.min_snr_weights(sched.alphas_cumprod, t, 5.0, prediction_type).double().numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-5)
     assert got[0] < 1.0 and got[-1] == pytest.approx(1.0 if prediction_type == "epsilon"
                                                      else snr[-1] / (snr[-1] + 1), rel=1e-5)
@@ -258,7 +259,7 @@ def test_resume_continues_each_stage_where_it_stopped(tmp_path):
 
 
 def test_pubmed_lm_text_encoder_with_epsilon_and_per_component_lrs(tmp_path):
-    from tests.lm_helpers import random_model_dir
+    from tests.helpers.lm import random_model_dir
 
     lm = random_model_dir(tmp_path / "lm", context=64)
     vae_dir = tiny_vae_dir(tmp_path / "vae_run")
@@ -308,7 +309,7 @@ def test_text_time_embedding_pools_the_prompt_and_samples_in_plain_diffusers(tmp
     assert pooled.shape == (2, pipe.unet.time_embedding.linear_2.out_features)
     assert not torch.allclose(pooled[0], pooled[1])
     with pytest.raises(ConfigError, match="text_time_embedding"):
-        dm.build_unet(OmegaConf.create({"block_out_channels": [8], "attention": [True],
+        dc.build_unet(OmegaConf.create({"block_out_channels": [8], "attention": [True],
                                         "layers_per_block": 1, "cross_attention_dim": 8,
                                         "heads": 3, "norm_num_groups": 4,
                                         "text_time_embedding": True}),
@@ -340,7 +341,7 @@ def test_minilm_frozen_text_encoder_projects_in_the_unet(tmp_path):
 
 
 def test_roentgen_sd_fine_tunes_a_local_stable_diffusion_folder(tmp_path):
-    from tests.diffusion_helpers import DATA, TRAINER, VALIDATION
+    from tests.helpers.diffusion import DATA, TRAINER, VALIDATION
 
     sd = tiny_sd_folder(tmp_path / "sd")
     cfg = compose("train_diffusion", [
@@ -374,9 +375,9 @@ def test_shipped_presets_compose_and_the_tiny_sizes_hold():
     assert cfg.diffusion.text_encoder.kind == "clip" and cfg.trainer.batch_size == 64
     assert cfg.trainer.max_time_s + cfg.diffusion.vae.trainer.max_time_s <= 480
     prompts = [BlobPairs(n=60).report(i) for i in range(60)]
-    comps = dm.build_components(cfg.diffusion, prompts, log=lambda *_: None)
-    assert 3.5e6 < dm.count_parameters(comps.unet) < 5e6  # the size argued in tiny.yaml
-    assert dm.count_parameters(comps.vae) < 1.5e6 and comps.vae_scale == 8
+    comps = dc.build_components(cfg.diffusion, prompts, log=lambda *_: None)
+    assert 3.5e6 < dc.count_parameters(comps.unet) < 5e6  # the size argued in tiny.yaml
+    assert dc.count_parameters(comps.vae) < 1.5e6 and comps.vae_scale == 8
     assert comps.unet.config.sample_size == 16 and comps.unet.config.cross_attention_dim == 128
     for te in ("clip", "pubmed_lm", "minilm"):
         c = compose("train_diffusion", ["paths.run_dir=/x", f"diffusion/text_encoder={te}"])
@@ -396,7 +397,7 @@ def test_user_mistakes_are_one_line_errors(tmp_path):
     with pytest.raises(InputError, match="not a Stable Diffusion folder"):
         train.run(train_cfg(tmp_path, f"diffusion.pretrained={tmp_path}"))
     with pytest.raises(InputError, match="not a diffusers pipeline folder"):
-        sample.load_pipeline(tmp_path)
+        pipeline.load_pipeline(tmp_path)
     with pytest.raises(BiomedError, match="report text"):
         train.run(train_cfg(tmp_path, "+data.blank_reports=true"))
 

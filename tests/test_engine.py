@@ -24,7 +24,7 @@ from biomed.engine import (
     read_log,
 )
 from biomed.errors import ConfigError
-from tests.engine_job import train
+from tests.helpers.engine import train
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -110,7 +110,7 @@ def test_crash_and_resume_reproduces_losses(tmp_path):
 def test_killed_process_resumes_with_identical_losses(tmp_path):
     """A real SIGKILL after a checkpoint, then `resume=latest` in a new process."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    script = str(ROOT / "tests" / "engine_job.py")
+    script = "-mtests.helpers.engine"  # `python -m`, found through PYTHONPATH=ROOT
     common = ["checkpoint_every=5", "max_steps=20"]
     subprocess.run([sys.executable, script, str(tmp_path / "full"), *common], check=True, env=env)
     full = [r["loss"] for r in read_log(tmp_path / "full") if "loss" in r]

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def torchrun(run_dir: Path, *overrides: str) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                    "--nproc_per_node", "2", str(ROOT / "tests" / "engine_job.py"), str(run_dir),
+                    "--nproc_per_node", "2", "-m", "tests.helpers.engine", str(run_dir),
                     "checkpoint_every=10", *overrides], check=True, env=env,
                    capture_output=True, timeout=300)
 

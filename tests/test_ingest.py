@@ -19,7 +19,7 @@ from biomed.cli import TOOLS, main
 from biomed.imaging.core.pixels import to_uint16
 from biomed.imaging.dicom.ingest import ERROR_COLUMNS, MANIFEST_COLUMNS, find_files, shrink
 from biomed.imaging.dicom.read import ReadOptions, read_dicom
-from tests.test_dicom import identifying_values, make_dataset, save
+from tests.helpers.dicom import identifying_values, make_dataset, save
 
 FOLDER_A = "HOLLOWAY_MARGARET_MRN00482913"
 FOLDER_B = "PRZYBYLSKI_TOMASZ_MRN00917354"
@@ -128,7 +128,8 @@ def test_ingest_png_with_hashed_paths_leaves_no_identifier(export, tmp_path, cap
     assert reasons[3].startswith("truncated file: Pixel Data declares")
 
     n = _assert_nothing_identifying(out, _identifiers(export))
-    assert n == 4 + 3  # images, manifest, errors, settings (the key lives elsewhere)
+    # images, manifest, errors, settings, started marks, lock (the key lives elsewhere)
+    assert n == 4 + 5
 
     # the PNG holds what the reader gives, shrunk: 16-bit, lungs dark
     native = next(r for r in rows if r["transfer_syntax"] == "Explicit VR Little Endian"
@@ -141,17 +142,24 @@ def test_ingest_png_with_hashed_paths_leaves_no_identifier(export, tmp_path, cap
 
 def test_ingest_resumes_and_refuses_other_settings(export, tmp_path, capsys):
     out, key = tmp_path / "out", tmp_path / "deid.key"
-    args = ("ingest", export, out, "--size", "40", "--key-file", key, "--workers", "1")
+    args = ("ingest", export, out, "--size", "40", "--key-file", key, "--workers", "1",
+            "--plain-paths")
     assert _run(capsys, *args)[0] == 0
     first = _csv(out / "manifest.csv")
     code, stdout, _ = _run(capsys, *args)
-    assert code == 0 and stdout.startswith("ingest: 0 written, 4 already done, 4 skipped")
+    assert code == 0 and stdout.startswith(
+        "ingest: 0 written, 4 already done, 0 skipped; 4 failed in an earlier run (see "
+        "errors.csv; --retry-failed tries them again) in ")
     (out / first[0]["output"]).unlink()  # a lost image is redone, not duplicated
     code, stdout, _ = _run(capsys, *args)
-    assert stdout.startswith("ingest: 1 written, 3 already done, 4 skipped")
+    assert stdout.startswith("ingest: 1 written, 3 already done, 0 skipped; 4 failed")
     again = _csv(out / "manifest.csv")
     assert sorted(r["id"] for r in again) == sorted(r["id"] for r in first)
-    assert len(_csv(out / "errors.csv")) == 4  # failures are retried and recorded again
+    errors = _csv(out / "errors.csv")
+    assert len(errors) == 4  # kept, not tried again
+    code, stdout, _ = _run(capsys, *args, "--retry-failed")
+    assert stdout.startswith("ingest: 0 written, 4 already done, 4 skipped, 1 for burned-in")
+    assert _csv(out / "errors.csv") == errors  # tried again and recorded anew, once each
     assert {r["source"].split("/")[0] for r in again} == {FOLDER_A, FOLDER_B}  # not hashed
 
     code, _, err = _run(capsys, "ingest", export, out, "--size", "64", "--key-file", key)
@@ -223,7 +231,7 @@ def test_ingest_real_radiographs(tmp_path, capsys):
         shutil.copy(sources.path("chest_dicom", f"{name}.dcm"), src / f"{name}.dcm")
     out = tmp_path / "out"
     code, stdout, _ = _run(capsys, "ingest", src, out, "--size", "256", "--key-file",
-                           tmp_path / "k")
+                           tmp_path / "k", "--plain-paths")
     assert code == 0 and stdout.startswith("ingest: 2 written")
     rows = {r["source"]: r for r in _csv(out / "manifest.csv")}
     imgs = {s: np.asarray(Image.open(out / r["output"])) / 65535 for s, r in rows.items()}
@@ -305,7 +313,7 @@ def test_output_side_errors_are_checked_before_anything_is_created(tmp_path, cap
 
 
 def test_truncated_jpeg2000_is_one_reason_and_no_warning(tmp_path, capsys, recwarn):
-    from tests.test_dicom import truncated_j2k
+    from tests.helpers.dicom import truncated_j2k
 
     src = tmp_path / "src"
     src.mkdir()

@@ -18,7 +18,7 @@ from biomed.lm.tokenizer import (
     split_of,
     train_or_reuse,
 )
-from tests.lm_helpers import PUBMED_FIXTURES, make_corpus
+from tests.helpers.lm import PUBMED_FIXTURES, make_corpus
 
 FRACTIONS = (0.9, 0.1)
 

@@ -9,7 +9,7 @@ import torch
 from biomed.config import compose
 from biomed.engine import Engine, ScheduleConfig, build_optimizer, lr_multiplier
 from biomed.lm.sophia import SophiaG
-from tests.engine_job import train
+from tests.helpers.engine import train
 
 
 def test_schedule_follows_the_clock_under_a_time_budget():
@@ -45,7 +45,7 @@ def test_time_budget_and_callbacks(tmp_path):
                "tensorboard": False, "batch_size": 8, "mixed_precision": "auto"}
     engine = Engine(trainer, tmp_path, seed=0)
     assert engine.precision in ("bf16", "no")
-    from tests.engine_job import TinyNet, dataset, make_loss
+    from tests.helpers.engine import TinyNet, dataset, make_loss
 
     result = engine.fit(TinyNet(), dataset(), make_loss(sleep_s=0.02), optim=cfg.optim,
                         callbacks=[Probe()], tokens_per_sample=1)
@@ -67,7 +67,7 @@ def test_tokens_per_second_and_clock_in_the_log(tmp_path):
 def test_compiled_model_trains_and_checkpoints_with_plain_keys(tmp_path):
     from safetensors.torch import load_file
 
-    from tests.engine_job import TinyNet, dataset, make_loss
+    from tests.helpers.engine import TinyNet, dataset, make_loss
 
     cfg = compose("quickstart", ["+trainer=cpu", "+optim=adamw"])
     trainer = {**cfg.trainer, "max_steps": 3, "compile": True, "checkpoint_every": 3,

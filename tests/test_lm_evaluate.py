@@ -11,8 +11,10 @@ import torch
 from biomed.config import compose
 from biomed.errors import InputError
 from biomed.lm import evaluate
-from biomed.lm.evaluate import MCItem, bootstrap_ci, load_mc, mc_metrics, score_options
-from tests.lm_helpers import FIXTURES, random_model_dir
+from biomed.lm.evaluate import MCItem, load_mc, mc_metrics, score_options
+from biomed.lm.model import load_for_inference
+from biomed.stats import mean_ci
+from tests.helpers.lm import FIXTURES, random_model_dir
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +91,7 @@ def _loglik_alone(model, tok, prompt_ids, option_ids):
 
 
 def test_batched_scoring_equals_scoring_each_sequence_alone(model_dir):
-    model, tok, _ = evaluate.load_for_inference(model_dir, "cpu", "float32")
+    model, tok, _ = load_for_inference(model_dir, "cpu", "float32")
     items = load_mc(FIXTURES / "medqa.jsonl")[:3] + load_mc(FIXTURES / "pubmedqa.json")[:2]
     scores = score_options(model, tok, items, context=64, batch_size=4)
     for it, sc in zip(items, scores, strict=True):
@@ -109,9 +111,9 @@ def test_raw_and_length_normalised_accuracy_and_bootstrap():
     assert m["acc"] == 0.0 and m["acc_norm"] == 1.0 and m["chance"] == 0.5
     assert m["acc_norm_ci"] == (1.0, 1.0)
     correct = np.array([1, 0] * 50, dtype=float)
-    lo, hi = bootstrap_ci(correct, 2000, seed=3)
-    assert lo < 0.5 < hi and hi - lo < 0.25 and (lo, hi) == bootstrap_ci(correct, 2000, seed=3)
-    lo_small, hi_small = bootstrap_ci(correct[:10], 2000, seed=3)
+    lo, hi = mean_ci(correct, 2000, seed=3)
+    assert lo < 0.5 < hi and hi - lo < 0.25 and (lo, hi) == mean_ci(correct, 2000, seed=3)
+    lo_small, hi_small = mean_ci(correct[:10], 2000, seed=3)
     assert hi_small - lo_small > hi - lo  # fewer questions, wider interval
 
 

@@ -10,8 +10,8 @@ import torch
 from biomed.config import compose
 from biomed.errors import ConfigError, InputError
 from biomed.lm import generate as gen
-from biomed.lm.evaluate import load_for_inference
-from tests.lm_helpers import FIXTURES, random_model_dir
+from biomed.lm.model import load_for_inference
+from tests.helpers.lm import FIXTURES, random_model_dir
 
 PROMPTS = ["Drainage for pleural effusion", "BACKGROUND: Cardiomegaly is common in older",
            "Antibiotics"]

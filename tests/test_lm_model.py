@@ -40,7 +40,7 @@ def test_vocabulary_padding_for_tensor_cores():
 
 
 def test_model_dir_from_run_folder_or_model_folder(tmp_path):
-    from tests.lm_helpers import random_model_dir
+    from tests.helpers.lm import random_model_dir
 
     folder = random_model_dir(tmp_path, context=16)
     assert lm_model.resolve_model_dir(tmp_path) == folder == lm_model.resolve_model_dir(folder)

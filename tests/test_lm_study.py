@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 
 from biomed.config import compose
 from biomed.lm import study
-from tests.lm_helpers import TINY_LM, make_corpus
+from tests.helpers.lm import TINY_LM, make_corpus
 
 ROOT = Path(__file__).resolve().parent.parent
 

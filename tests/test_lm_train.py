@@ -17,7 +17,7 @@ from biomed import sources
 from biomed.config import compose
 from biomed.engine import list_checkpoints, read_log
 from biomed.lm import train
-from tests.lm_helpers import PUBMED_FIXTURES, TINY_LM, make_corpus, train_cfg
+from tests.helpers.lm import PUBMED_FIXTURES, TINY_LM, make_corpus, train_cfg
 
 ROOT = Path(__file__).resolve().parent.parent
 LEARN = ["optim.optimizer.lr=1e-2", "optim.schedule.warmup_steps=2"]
@@ -68,7 +68,7 @@ def test_train_lm_learns_and_writes_a_loadable_model_folder(tmp_path, corpus, ca
                    "Not for clinical use", "unigram_ppl"):
         assert phrase in card
     # the saved weights reproduce the run's validation perplexity
-    from biomed.lm.evaluate import token_nll
+    from biomed.lm.model import token_nll
     from biomed.lm.tokens import TokenChunks, load_tokens
 
     val = TokenChunks(load_tokens(m["token_dir"], "val"), 32)

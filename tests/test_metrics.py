@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
+from biomed import stats
 from biomed.imaging.core import metrics
 from biomed.imaging.core.findings import PhantomFinding, labels_of
 from biomed.imaging.core.labels import CANONICAL_NAMES
@@ -27,9 +28,9 @@ def test_single_class_is_nan_and_bootstrap_interval_brackets_value():
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 400).astype(float)
     s = y + rng.normal(size=400)
-    est = metrics.bootstrap(metrics.auroc, y, s, n=200, seed=0)
+    est = stats.bootstrap(metrics.auroc, y, s, n=200, seed=0)
     assert est.low < est.value < est.high and est.n_boot == 200
-    assert metrics.bootstrap(metrics.auroc, y, s, n=200, seed=0).low == est.low  # seeded
+    assert stats.bootstrap(metrics.auroc, y, s, n=200, seed=0).low == est.low  # seeded
 
 
 def test_ece_perfect_and_overconfident():

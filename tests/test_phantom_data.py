@@ -6,12 +6,9 @@ a cheap fake renderer; one test renders with the real phantom once it exists.
 
 from __future__ import annotations
 
-import io
 import json
 import pickle
-import tarfile
 from pathlib import Path
-from xml.sax.saxutils import escape
 
 import hydra
 import numpy as np
@@ -20,44 +17,11 @@ import pytest
 from biomed import sources
 from biomed.config import compose
 from biomed.errors import ConfigError
-from biomed.imaging.core.findings import PhantomFinding, labels_of, parse_findings
+from biomed.imaging.core.findings import labels_of, parse_findings
 from biomed.imaging.core.labels import CANONICAL_NAMES
 from biomed.imaging.phantom.dataset import PhantomIU
-from biomed.imaging.reports.iu import Report
 from biomed.splits import SPLITS, assign_split
-
-CALLS = {"n": 0}
-TAGS = [["normal"], ["Pleural Effusion"], ["Pneumothorax/right/small"], ["Cardiomegaly/mild"],
-        ["Fractures, Bone/ribs"], ["No Indexing"], ["Nodule/lung/upper lobe/left"],
-        ["Opacity/lung/base/left", "Thoracic Vertebrae/degenerative"]]
-
-
-def fake_render(findings, seed, size):
-    """A stand-in renderer: noise from the seed; resolves a missing side to ``left`` the way the
-    real renderer picks one, so the labels must come from the returned findings."""
-    CALLS["n"] += 1
-    rng = np.random.default_rng(seed)
-    img = rng.random((size, size), dtype=np.float32)
-    drawn = [PhantomFinding(f.name, f.side or ("left" if f.lateral else None), f.severity,
-                            f.zone, f.device) for f in findings]
-    return img, {"findings": drawn, "attributes": {"seed": seed, "n": len(findings)}}
-
-
-fake_render.RENDERER_VERSION = "fake-1"
-
-
-def make_reports(n: int = 40) -> list[Report]:
-    return [Report(id=f"CXR{i + 1}", impression=f"Impression {i + 1}.",
-                   findings=f"Findings {i + 1}.", mesh_major=list(TAGS[i % len(TAGS)]))
-            for i in range(n)]
-
-
-def build(tmp_path: Path, reports: list[Report] | None = None, **kw) -> PhantomIU:
-    args = {"size": 16, "renders_per_report": 2, "templates_per_finding": 1, "seed": 0,
-            "cache_dir": tmp_path / "cache", "renderer": fake_render, "progress": False,
-            "workers": 1}
-    args.update(kw)
-    return PhantomIU(make_reports() if reports is None else reports, **args)
+from tests.helpers.phantom import CALLS, FAKE_RENDERER, build, fake_render, make_reports, make_tgz
 
 
 def test_contract_items_and_exact_labels(tmp_path: Path):
@@ -209,33 +173,13 @@ def test_extra_templates_add_rows_in_their_own_cache(tmp_path: Path):
         assert more.labels[i, j("effusion_right")] == 1
 
 
-def _xml(r: Report) -> bytes:
-    majors = "".join(f"<major>{escape(t)}</major>" for t in r.mesh_major)
-    return (f'<?xml version="1.0" encoding="utf-8"?><eCitation><uId id="{r.id}"/>'
-            f'<MedlineCitation><Article><Abstract>'
-            f'<AbstractText Label="FINDINGS">{escape(r.findings)}</AbstractText>'
-            f'<AbstractText Label="IMPRESSION">{escape(r.impression)}</AbstractText>'
-            f"</Abstract></Article></MedlineCitation><MeSH>{majors}</MeSH></eCitation>"
-            ).encode()
-
-
-def make_tgz(path: Path, reports: list[Report]) -> Path:
-    with tarfile.open(path, "w:gz") as tar:
-        for r in reports:
-            data = _xml(r)
-            info = tarfile.TarInfo(f"ecgen-radiology/{r.id[3:]}.xml")
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return path
-
-
 def test_hydra_config_instantiates(tmp_path: Path):
     tgz = make_tgz(tmp_path / "NLMCXR_reports.tgz", make_reports(16))
     cfg = compose("train_lm", ["data=phantom_iu", f"data.reports={tgz}",
                                f"data.cache_dir={tmp_path / 'cache'}", "data.size=16",
                                "data.renders_per_report=1", "data.templates_per_finding=0",
                                "data.progress=false",
-                               "data.renderer=tests.test_phantom_data:fake_render"])
+                               f"data.renderer={FAKE_RENDERER}"])
     assert cfg.data.name == "phantom_iu" and cfg.data.split == "train"
     val = hydra.utils.instantiate(cfg.data, split="val")
     train = hydra.utils.instantiate(cfg.data)

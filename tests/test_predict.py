@@ -13,16 +13,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
 from PIL import Image
 
 from biomed.config import compose
 from biomed.errors import ConfigError, InputError
+from biomed.imaging.classifier import model as C
 from biomed.imaging.classifier import predict as P
-from biomed.imaging.classifier import train as C
 from biomed.imaging.core import pixels
 from biomed.imaging.dicom import deid
 from biomed.imaging.dicom.write import synthetic_dataset
+from tests.helpers.classifier import tiny_classifier_dir
 
 LABELS = ["cardiomegaly", "effusion_left", "effusion_right"]
 PATIENT, MRN = "HOLLOWAY^JUNE", "MRN-4471923"
@@ -32,20 +32,8 @@ UID = "1.2.826.0.1.3680043.8.498.11223344556677"
 @pytest.fixture(scope="module")
 def classifier_dir(tmp_path_factory) -> Path:
     """A small random small_cnn saved as train-classifier saves it (quality is not the point)."""
-    torch.manual_seed(0)
-    kwargs = {"stem_width": 8, "widths": [16, 32], "strides": [2, 2]}
-    model = C.build_classifier(OmegaConf.create({"arch": "small_cnn", "name": "small_cnn",
-                                                 "model": kwargs}), len(LABELS),
-                               mean=0.4, std=0.2)
-    config = {"format": C.FORMAT, "version": 1, "architecture": "small_cnn",
-              "name": "small_cnn", "kwargs": kwargs, "labels": LABELS, "input_size": [32, 32],
-              "in_chans": 1, "normalization": {"mean": 0.4, "std": 0.2},
-              "pixel_convention": C.PIXEL_CONVENTION,
-              "thresholds": {"cardiomegaly": 0.5, "effusion_left": 0.0, "effusion_right": 1.01},
-              "threshold_rule": "youden", "training_data": "test"}
-    run_dir = tmp_path_factory.mktemp("clf") / "run"
-    C.save_classifier(model, config, run_dir / "classifier", "card")
-    return run_dir
+    return tiny_classifier_dir(tmp_path_factory.mktemp("clf") / "run", LABELS, thresholds={
+        "cardiomegaly": 0.5, "effusion_left": 0.0, "effusion_right": 1.01})
 
 
 def gradient(h: int, w: int, seed: int) -> np.ndarray:
@@ -56,7 +44,7 @@ def gradient(h: int, w: int, seed: int) -> np.ndarray:
 def patient_dicom(path: Path, img: np.ndarray, burned_in: bool = False) -> Path:
     """A DICOM file that names a patient, with an original SOP Instance UID as its file name's
     source (what a PACS export looks like)."""
-    ds = synthetic_dataset(img, model_id="test", prompt="x")
+    ds = synthetic_dataset(img, model_id="test", prompt="x", salt=b"0123456789abcdef")
     ds.PatientName, ds.PatientID, ds.PatientBirthDate = PATIENT, MRN, "19500101"
     ds.InstitutionName = "St Elsewhere"
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = UID
@@ -95,12 +83,11 @@ def test_predict_folder_with_png_jpeg_dicom_and_a_corrupt_file(tmp_path, inputs,
     out = tmp_path / "out"
     rows = read_csv(out / "predictions.csv")
     assert list(rows[0]) == ["id", "source", "kind", *LABELS, *[f"{n}_call" for n in LABELS]]
-    assert [(r["source"], r["kind"]) for r in rows[:2]] == [("a.png", "image"),
-                                                            ("b.jpg", "image")]
-    assert rows[2]["kind"] == "dicom" and rows[2]["source"].startswith("hash:")
+    assert [r["kind"] for r in rows] == ["image", "image", "dicom"]
+    assert all(r["source"].startswith("hash:") for r in rows)  # by default: no path, no name
     assert metrics["predicted"] == 3 and metrics["skipped"] == 1 and metrics["inputs"] == 4
     skipped = read_csv(out / "skipped.csv")
-    assert skipped == [{"source": "broken.png", "reason": skipped[0]["reason"]}]
+    assert len(skipped) == 1 and skipped[0]["source"].startswith("hash:")
     assert "not a readable image" in skipped[0]["reason"]
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["status"] == "completed" and saved["skipped"] == 1
@@ -153,6 +140,11 @@ def test_lists_globs_and_the_classifier_subfolder(tmp_path, inputs, classifier_d
     rows = read_csv(tmp_path / "out" / "predictions.csv")
     assert metrics["predicted"] == 2 and len(rows) == 2  # a.png listed twice: scored once
     assert all(r["source"].startswith("hash:") for r in rows)
+    P.run(predict_cfg(tmp_path, f"classifier_dir={classifier_dir}", f"inputs={inputs}",
+                      "hash_paths=false"))  # PNG/JPEG paths in plain when asked, never DICOM
+    rows = read_csv(tmp_path / "out" / "predictions.csv")
+    assert [r["source"] for r in rows[:2]] == ["a.png", "b.jpg"]
+    assert rows[2]["source"].startswith("hash:")
 
 
 def test_input_and_model_mistakes_are_one_line_errors(tmp_path, inputs, classifier_dir):
@@ -184,9 +176,9 @@ def test_clip_dir_gives_zero_shot_scores(tmp_path, inputs, monkeypatch):
         means = images.mean(axis=(1, 2))
         return np.stack([means, 1 - means], 1), ["cardiomegaly", "effusion"]
 
-    fake = types.ModuleType("biomed.imaging.clip.train")
+    fake = types.ModuleType("biomed.imaging.clip.model")
     fake.zero_shot_scores = zero_shot_scores
-    monkeypatch.setitem(sys.modules, "biomed.imaging.clip.train", fake)
+    monkeypatch.setitem(sys.modules, "biomed.imaging.clip.model", fake)
     clip_dir = tmp_path / "clip_run"
     (clip_dir / "clip").mkdir(parents=True)
     (clip_dir / "clip" / "open_clip_config.json").write_text(json.dumps(

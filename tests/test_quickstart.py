@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -92,24 +93,61 @@ def _quoted(items):
     return "[" + ",".join(f'"{i}"' for i in items) + "]"
 
 
+def smoke_cfg(tmp_path, stages):
+    """The quickstart at debug=smoke size (every stage composes its command with debug=smoke),
+    with the phantom cache in tmp_path."""
+    cache = _quoted([f"data.cache_dir={tmp_path / 'phantom_cache'}"])
+    return compose("quickstart", [f"paths.run_dir={tmp_path / 'run'}", "debug=smoke",
+                                  f"stages=[{','.join(stages)}]",
+                                  *(f"stage_overrides.{s}={cache}" for s in stages)])
+
+
 @pytest.mark.data
 def test_imaging_stages_run_each_command_config_with_stage_overrides(tmp_path):
-    """phantom -> classifier -> clip on 40 real IU reports at 32 px, a few steps each."""
-    data = ["data.max_reports=40", "data.size=32", "data.templates_per_finding=2",
-            "data.progress=false", f"data.cache_dir={tmp_path / 'phantom_cache'}"]
-    short = ["trainer.max_time_s=null", "trainer.max_steps=3", "trainer.progress=false",
-             "trainer.tensorboard=false", "trainer.batch_size=8", "trainer.threads=1"]
-    cfg = compose("quickstart", [
-        f"paths.run_dir={tmp_path / 'run'}", "stages=[phantom,classifier,clip]",
-        f"stage_overrides.phantom={_quoted(data)}",
-        f"stage_overrides.classifier={_quoted(data + short + ['eval.n_boot=10', 'eval.val_n_boot=10'])}",
-        f"stage_overrides.clip={_quoted(data + short + ['eval.n_boot=10'])}"])
-    m = run(cfg)
+    """phantom -> classifier -> clip at debug=smoke size: 40 real IU reports at 32 px, 3 steps."""
+    m = run(smoke_cfg(tmp_path, ["phantom", "classifier", "clip"]))
     run_dir = tmp_path / "run"
-    assert m["phantom_images"] == 3 * m["phantom_reports_used"] + m["phantom_templates"]
+    assert m["phantom_images"] == m["phantom_reports_used"] + m["phantom_templates"]
+    assert m["phantom_reports_used"] <= 40
     assert (run_dir / "phantom" / "examples.png").is_file()
     assert m["classifier_steps"] == 3 and m["clip_steps"] == 3
     assert (run_dir / "classifier/classifier/model.safetensors").is_file()
     assert (run_dir / "clip/clip/open_clip_config.json").is_file()
-    # the stage ran the command's own config: its run folder has the classifier's metrics
+    # the stage ran the command's own config, composed with debug=smoke (32 px, not 128)
     assert json.loads((run_dir / "classifier/metrics.json").read_text())["n_train"] > 0
+    saved = json.loads((run_dir / "classifier/classifier/config.json").read_text())
+    assert saved["input_size"] == [32, 32]
+
+
+@pytest.mark.data
+def test_an_edited_command_config_reruns_its_stage(tmp_path, monkeypatch, capsys):
+    """The imaging stages' fingerprints cover the configs they compose: editing
+    conf/classifier/small_cnn.yaml reruns the classifier stage (and not the phantom stage);
+    an unchanged rerun does no work."""
+    import biomed.config
+
+    conf = tmp_path / "conf"
+    shutil.copytree(biomed.config.config_dir(), conf)
+    monkeypatch.setattr(biomed.config, "config_dir", lambda: conf)
+    records = tmp_path / "run" / "stages"
+
+    run(smoke_cfg(tmp_path, ["phantom", "classifier"]))
+    first = {p.name: p.read_text() for p in records.iterdir()}
+    capsys.readouterr()
+
+    run(smoke_cfg(tmp_path, ["phantom", "classifier"]))
+    out = capsys.readouterr().out
+    assert "phantom: done earlier, skipped" in out and "classifier: done earlier, skipped" in out
+    assert {p.name: p.read_text() for p in records.iterdir()} == first
+
+    small_cnn = conf / "classifier" / "small_cnn.yaml"
+    text = small_cnn.read_text()
+    assert "  weight_decay: 0.05\n" in text
+    small_cnn.write_text(text.replace("  weight_decay: 0.05\n", "  weight_decay: 0.04\n"))
+    run(smoke_cfg(tmp_path, ["phantom", "classifier"]))
+    out = capsys.readouterr().out
+    assert "phantom: done earlier, skipped" in out
+    assert "classifier: its config or data changed, rerunning" in out
+    again = {p.name: p.read_text() for p in records.iterdir()}
+    assert again["phantom.json"] == first["phantom.json"]
+    assert again["classifier.json"] != first["classifier.json"]

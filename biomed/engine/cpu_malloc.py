@@ -9,7 +9,8 @@ PyTorch's CPU performance guide recommends preloading jemalloc or tcmalloc for t
 Python process cannot preload a library, but glibc's own ``mallopt`` raises both thresholds at
 run time, which is what :func:`keep_heap` does. Measured on the 2-core AMD EPYC this was written
 on (`lm=tiny`, batch 8, five pairs of processes run alternately): step time 0.90x-0.98x of
-glibc's defaults; the tiny diffusion model's steps did not change (docs/results.md, session 7).
+glibc's defaults; the tiny diffusion model's steps did not change (b1a69bb;
+docs/history/2026-11-27-lm-throughput.md).
 
 The cost is memory: the process keeps its peak heap instead of returning it between steps.
 Allocations above 32 MiB (the largest mmap threshold every 64-bit glibc accepts) still use mmap.

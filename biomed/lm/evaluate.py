@@ -27,30 +27,9 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from biomed import runs
+from biomed import runs, stats
 from biomed.errors import ConfigError, InputError
 from biomed.hydra_app import hydra_app
-
-# ---------------------------------------------------------------------------------------------
-# perplexity
-
-
-def token_nll(model: torch.nn.Module, chunks, batch_size: int,
-              device: torch.device | str) -> tuple[float, int]:
-    """Summed next-token negative log-likelihood (nats) over ``chunks`` (a ``TokenChunks``), and
-    the number of tokens scored. The model should be in eval mode (no dropout)."""
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for start in range(0, len(chunks), batch_size):
-            batch = chunks.__getitems__(range(start, min(len(chunks), start + batch_size)))
-            batch = batch.to(device)
-            logits = model(input_ids=batch[:, :-1], use_cache=False).logits
-            total += float(torch.nn.functional.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]).float(), batch[:, 1:].reshape(-1),
-                reduction="sum"))
-            count += batch[:, 1:].numel()
-    return total, count
-
 
 # ---------------------------------------------------------------------------------------------
 # multiple-choice files
@@ -221,24 +200,15 @@ def score_options(model: torch.nn.Module, tokenizer, items: Sequence[MCItem], *,
     return scores
 
 
-def bootstrap_ci(correct: np.ndarray, n_boot: int, seed: int = 0) -> tuple[float, float]:
-    """Percentile 95% CI of the mean of 0/1 outcomes, resampling questions with replacement."""
-    if len(correct) == 0 or n_boot <= 0:
-        return (float("nan"), float("nan"))
-    rng = np.random.default_rng(seed)
-    means = correct[rng.integers(len(correct), size=(n_boot, len(correct)))].mean(axis=1)
-    lo, hi = np.percentile(means, [2.5, 97.5])
-    return float(lo), float(hi)
-
-
 def mc_metrics(items: Sequence[MCItem], scores, *, n_boot: int, seed: int = 0) -> dict[str, Any]:
     raw = np.array([int(np.argmax([s for s, _ in sc])) for sc in scores])
     norm = np.array([int(np.argmax([s / n for s, n in sc])) for sc in scores])
     answers = np.array([it.answer for it in items])
     c_raw, c_norm = (raw == answers).astype(float), (norm == answers).astype(float)
-    return {"n": len(items), "acc": float(c_raw.mean()), "acc_ci": bootstrap_ci(c_raw, n_boot, seed),
+    return {"n": len(items), "acc": float(c_raw.mean()),
+            "acc_ci": stats.mean_ci(c_raw, n_boot, seed),
             "acc_norm": float(c_norm.mean()),
-            "acc_norm_ci": bootstrap_ci(c_norm, n_boot, seed + 1),
+            "acc_norm_ci": stats.mean_ci(c_norm, n_boot, seed + 1),
             "chance": float(np.mean([1.0 / len(it.options) for it in items])),
             "predictions": raw.tolist(), "predictions_norm": norm.tolist()}
 
@@ -247,51 +217,21 @@ def mc_metrics(items: Sequence[MCItem], scores, *, n_boot: int, seed: int = 0) -
 # the command
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device=cuda but no CUDA device is visible")
-    return torch.device(name)
-
-
-def pick_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    try:
-        return {"float32": torch.float32, "bfloat16": torch.bfloat16,
-                "float16": torch.float16}[name]
-    except KeyError:
-        raise ConfigError(f"dtype {name!r}: auto, float32, bfloat16 or float16") from None
-
-
-def load_for_inference(model_dir: str | Path, device: str = "auto", dtype: str = "auto"):
-    """(model in eval mode on its device, tokenizer, model folder)."""
-    from biomed.lm.model import load_pretrained, resolve_model_dir
-    from biomed.lm.tokenizer import load_tokenizer
-
-    folder = resolve_model_dir(model_dir)
-    dev = pick_device(device)
-    model = load_pretrained(folder, dtype=pick_dtype(dtype, dev)).to(dev).eval()
-    return model, load_tokenizer(folder), folder
-
-
 def validation_metrics(model, tokenizer, cfg: DictConfig, device, log=print) -> dict[str, Any]:
     from biomed.lm import tokens as tok_data
-    from biomed.lm.model import context_length
-    from biomed.lm.train import prepare_data
+    from biomed.lm.model import context_length, token_nll
 
-    _, _, _, folder = prepare_data(cfg, splits=("val",), tokenizer=tokenizer, log=log)
+    _, _, _, folder = tok_data.prepare_data(cfg, splits=("val",), tokenizer=tokenizer, log=log)
     ctx = context_length(model, cfg.get("context"))
     val = tok_data.TokenChunks(tok_data.load_tokens(folder, "val"), ctx,
                                max_tokens=cfg.get("val_max_tokens"))
     if len(val) == 0:
         raise InputError(folder, f"fewer validation tokens than one context of {ctx}")
     nll, n = token_nll(model, val, int(cfg.batch_size), device)
-    stats = tok_data.split_stats(folder, "val")
+    val_stats = tok_data.split_stats(folder, "val")
     out: dict[str, Any] = {"val_loss": nll / n, "val_ppl": math.exp(nll / n),
                            "val_tokens_evaluated": n, "context": ctx,
-                           "val_bits_per_byte": nll / n * stats["tokens"] / stats["bytes"]
+                           "val_bits_per_byte": nll / n * val_stats["tokens"] / val_stats["bytes"]
                            / math.log(2)}
     if (Path(folder) / "train.json").is_file():  # the unigram floor needs training-split counts
         vocab = max(len(tokenizer), int(model.config.vocab_size))
@@ -318,7 +258,7 @@ def _mc_specs(mc) -> list[dict]:
 
 def evaluate(cfg: DictConfig, run_dir: Path, log=print) -> dict[str, Any]:
     """Evaluate ``cfg.model_dir``; writes ``mc_<name>.jsonl`` per-question records."""
-    from biomed.lm.model import context_length
+    from biomed.lm.model import context_length, load_for_inference
 
     model, tokenizer, folder = load_for_inference(cfg.model_dir, cfg.device, cfg.dtype)
     device = next(model.parameters()).device

@@ -14,7 +14,8 @@ On the CPU two of the products can run on oneDNN instead of MKL (`biomed.engine.
 transposed, accumulated in a (d, V) buffer and transposed once at the end. Which library is
 faster depends on the CPU, so each is timed once per process and shape (`gemm_plan`). On this
 project's AMD EPYC oneDNN ran both ~1.3x faster than MKL in isolation, but only 1.00x-1.04x of
-a whole training step when the two alternate step by step (docs/results.md, session 7).
+a whole training step when the two alternate step by step (b1a69bb;
+docs/history/2026-11-27-lm-throughput.md).
 """
 
 from __future__ import annotations

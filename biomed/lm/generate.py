@@ -107,7 +107,7 @@ def write_samples(path: Path, samples: list[dict], meta: dict) -> None:
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Sample continuations (``conf/generate_text.yaml``) into ``samples.jsonl``."""
-    from biomed.lm.evaluate import load_for_inference
+    from biomed.lm.model import load_for_inference
 
     prompts = read_prompts(cfg.get("prompt"), cfg.get("prompts_file"))
     with runs.experiment(cfg, [cfg.prompts_file] if cfg.get("prompts_file") else []) as run_dir:

@@ -5,6 +5,10 @@ A built model is a plain ``GPT2LMHeadModel`` (pre-LayerNorm, learned positions, 
 width, tied input/output embeddings, GPT-2's initialisation with residual projections scaled by
 1/sqrt(2 n_layer)); attention is PyTorch's ``scaled_dot_product_attention``, chosen in the config
 (transformers 5 reads ``attn_implementation`` from it).
+
+Also what every reader of a saved model needs without the training code: loading it for
+inference (``load_for_inference``: evaluate-lm, generate-text, the quickstart) and its summed
+next-token loss on token chunks (``token_nll``: train-lm's evaluations and evaluate-lm).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
+from biomed.engine.devices import pick_device, pick_dtype
 from biomed.errors import ConfigError, InputError
 
 MODEL_SUBDIR = "model"
@@ -102,6 +107,34 @@ def context_length(model: torch.nn.Module, wanted: int | None = None) -> int:
             raise ConfigError("the model config names no context length; set lm.context")
         return int(limit)
     return int(min(wanted, limit)) if limit else int(wanted)
+
+
+def load_for_inference(model_dir: str | Path, device: str = "auto", dtype: str = "auto"):
+    """(model in eval mode on its device, tokenizer, model folder) of a run folder or model
+    folder; ``device``/``dtype`` as ``biomed.engine.pick_device``/``pick_dtype`` read them."""
+    from biomed.lm.tokenizer import load_tokenizer
+
+    folder = resolve_model_dir(model_dir)
+    dev = pick_device(device)
+    model = load_pretrained(folder, dtype=pick_dtype(dtype, dev)).to(dev).eval()
+    return model, load_tokenizer(folder), folder
+
+
+def token_nll(model: torch.nn.Module, chunks, batch_size: int,
+              device: torch.device | str) -> tuple[float, int]:
+    """Summed next-token negative log-likelihood (nats) over ``chunks`` (a ``TokenChunks``), and
+    the number of tokens scored. The model should be in eval mode (no dropout)."""
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(chunks), batch_size):
+            batch = chunks.__getitems__(range(start, min(len(chunks), start + batch_size)))
+            batch = batch.to(device)
+            logits = model(input_ids=batch[:, :-1], use_cache=False).logits
+            total += float(torch.nn.functional.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]).float(), batch[:, 1:].reshape(-1),
+                reduction="sum"))
+            count += batch[:, 1:].numel()
+    return total, count
 
 
 def count_parameters(model: torch.nn.Module) -> dict[str, int]:

@@ -1,6 +1,6 @@
 """Summary of the optimizer study (``experiment=lm_optimizer_study``): the table for docs/results.md.
 
-    python -m biomed.lm.study outputs/train-lm/multirun/<stamp> [more sweep folders] \\
+    biomed lm-study outputs/train-lm/multirun/<stamp> [more sweep folders] \\
         [--out study.md] [--json study.json]
 
 Reads every completed train-lm run below the given folders (``metrics.json``, ``log.jsonl``,
@@ -35,6 +35,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from biomed import stats
 
 
 @dataclass
@@ -79,15 +81,9 @@ def find_runs(folders: list[str | Path]) -> list[RunRecord]:
     return out
 
 
-def bootstrap_mean_ci(values, n_boot: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """Percentile 95% CI of the mean, resampling the values (seeds) with replacement."""
-    v = np.asarray(values, dtype=float)
-    if len(v) < 2:
-        return (float("nan"), float("nan"))
-    rng = np.random.default_rng(seed)
-    means = v[rng.integers(len(v), size=(n_boot, len(v)))].mean(axis=1)
-    lo, hi = np.percentile(means, [2.5, 97.5])
-    return float(lo), float(hi)
+def _seeds_ci(values: list[float], n_boot: int) -> tuple[float, float]:
+    """Bootstrap 95% CI of the mean over seeds; (NaN, NaN) for one seed (shown as "n/a")."""
+    return stats.mean_ci(values, n_boot, seed=0, min_size=2)
 
 
 def _interp(curve: list[tuple[int, float, float]], x: float, axis: int) -> float:
@@ -134,7 +130,7 @@ def summarize(runs: list[RunRecord], n_boot: int = 2000) -> dict[str, Any]:
         losses = [r.val_loss for r in rs]
         grid.append({"optimizer": opt, "lr": lr, "seeds": sorted(r.seed for r in rs),
                      "val_loss": float(np.mean(losses)),
-                     "val_loss_ci": bootstrap_mean_ci(losses, n_boot),
+                     "val_loss_ci": _seeds_ci(losses, n_boot),
                      "val_ppl": float(np.exp(np.mean(losses))),
                      "steps": float(np.mean([r.steps for r in rs])),
                      "seconds": float(np.mean([r.seconds for r in rs])),
@@ -162,7 +158,7 @@ def _compare(opts, best, by_cfg, n_boot) -> dict[str, Any]:
     comp: dict[str, Any] = {
         "pair": [a, b], "paired_seeds": seeds,
         "val_loss_diff": float(np.mean(diffs)) if diffs else float("nan"),  # a - b
-        "val_loss_diff_ci": bootstrap_mean_ci(diffs, n_boot)}
+        "val_loss_diff_ci": _seeds_ci(diffs, n_boot)}
     # equal steps: the largest step every run of both best settings reached
     step_cap = min(r.steps for r in [*ra, *rb])
     comp["equal_steps"] = {"step": step_cap, **{o: _nanmean(
@@ -226,7 +222,7 @@ def format_markdown(summary: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m biomed.lm.study", description=__doc__.split(
+    ap = argparse.ArgumentParser(prog="biomed lm-study", description=__doc__.split(
         "\n")[0])
     ap.add_argument("folders", nargs="+", help="sweep folders (outputs/train-lm/multirun/...)")
     ap.add_argument("--out", help="write the markdown table here too")
@@ -245,7 +241,3 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2, default=str) + "\n")
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -13,6 +13,9 @@ Tokens are uint16 when every id fits (vocabulary <= 65,536), else uint32. Each d
 written under temporary names and renamed when complete, and a split is only built when asked
 for (evaluating a pretrained model tokenizes the validation split alone), so a rerun with the
 same corpus and tokenizer reuses them.
+
+``prepare_data`` is the whole path from a run's config to its token folder (corpus, tokenizer,
+token files), shared by train-lm and evaluate-lm.
 """
 
 from __future__ import annotations
@@ -26,10 +29,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from omegaconf import DictConfig
 from torch.utils.data import Dataset
 
-from biomed.errors import InputError
-from biomed.lm.tokenizer import document_text, fingerprint, iter_corpus, split_of
+from biomed.errors import ConfigError, InputError
+from biomed.lm.model import resolve_model_dir
+from biomed.lm.tokenizer import (
+    document_text,
+    fingerprint,
+    iter_corpus,
+    load_tokenizer,
+    split_of,
+    train_or_reuse,
+)
 
 FORMAT_VERSION = 1
 _BATCH_DOCS = 2048  # documents per tokenizer call (the Rust tokenizer parallelises a batch)
@@ -240,3 +252,41 @@ def prepare_corpus(corpus: str | None, data_files: Iterable[str], cache_root: st
     else:
         log(f"corpus: reusing {out}")
     return out, file_sha256(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# a run's data, from its config
+
+
+def fractions_of(cfg: DictConfig) -> tuple[float, float]:
+    """(train, val) fractions of the abstracts from ``cfg.val_fraction`` (default 0.01)."""
+    val = float(cfg.get("val_fraction", 0.01))
+    if not 0.0 < val < 1.0:
+        raise ConfigError(f"val_fraction {val} must lie strictly between 0 and 1")
+    return (1.0 - val, val)
+
+
+def prepare_data(cfg: DictConfig, *, splits=("train", "val"), tokenizer=None, log=print):
+    """(corpus path, corpus sha256, tokenizer, token folder) for a run's config.
+
+    The tokenizer is the pretrained model's when ``lm.pretrained`` is set (or ``tokenizer`` is
+    given), else a BPE trained on this corpus's training split (cached).
+    """
+    cache = Path(cfg.lm_cache)
+    data_files = list(cfg.data.files) if "data" in cfg and cfg.data.get("files") else []
+    corpus, sha = prepare_corpus(cfg.get("corpus"), data_files, cache, log=log)
+    fractions = fractions_of(cfg)
+    max_docs = cfg.get("max_docs")
+    if tokenizer is None:
+        lm = cfg.lm
+        if lm.get("pretrained"):
+            tokenizer = load_tokenizer(resolve_model_dir(lm.pretrained))
+        else:
+            t = lm.tokenizer
+            tokenizer = train_or_reuse(corpus, sha, cache, vocab_size=int(t.vocab_size),
+                                       min_frequency=int(t.get("min_frequency", 2)),
+                                       fractions=fractions, max_docs=max_docs,
+                                       max_train_docs=t.get("max_train_docs"), log=log)
+    folder = ensure_token_files(corpus, sha, tokenizer, cache, fractions=fractions,
+                                splits=splits, max_docs=max_docs, log=log)
+    return corpus, sha, tokenizer, folder

@@ -25,9 +25,8 @@ from biomed.errors import ConfigError
 from biomed.hydra_app import hydra_app
 from biomed.lm import model as lm_model
 from biomed.lm import tokens as tok_data
-from biomed.lm.evaluate import token_nll
 from biomed.lm.fused_loss import linear_cross_entropy
-from biomed.lm.tokenizer import load_tokenizer, train_or_reuse
+from biomed.lm.model import token_nll
 
 _NO_LOGITS = torch.empty(0, dtype=torch.long)  # logits_to_keep: project no position
 
@@ -72,39 +71,6 @@ def lm_loss(model: torch.nn.Module, batch: torch.Tensor, *,
                                 gemm=gemm)
 
 
-def fractions_of(cfg: DictConfig) -> tuple[float, float]:
-    val = float(cfg.get("val_fraction", 0.01))
-    if not 0.0 < val < 1.0:
-        raise ConfigError(f"val_fraction {val} must lie strictly between 0 and 1")
-    return (1.0 - val, val)
-
-
-def prepare_data(cfg: DictConfig, *, splits=("train", "val"), tokenizer=None, log=print):
-    """(corpus path, corpus sha256, tokenizer, token folder) for a run's config.
-
-    The tokenizer is the pretrained model's when ``lm.pretrained`` is set (or ``tokenizer`` is
-    given), else a BPE trained on this corpus's training split (cached).
-    """
-    cache = Path(cfg.lm_cache)
-    data_files = list(cfg.data.files) if "data" in cfg and cfg.data.get("files") else []
-    corpus, sha = tok_data.prepare_corpus(cfg.get("corpus"), data_files, cache, log=log)
-    fractions = fractions_of(cfg)
-    max_docs = cfg.get("max_docs")
-    if tokenizer is None:
-        lm = cfg.lm
-        if lm.get("pretrained"):
-            tokenizer = load_tokenizer(lm_model.resolve_model_dir(lm.pretrained))
-        else:
-            t = lm.tokenizer
-            tokenizer = train_or_reuse(corpus, sha, cache, vocab_size=int(t.vocab_size),
-                                       min_frequency=int(t.get("min_frequency", 2)),
-                                       fractions=fractions, max_docs=max_docs,
-                                       max_train_docs=t.get("max_train_docs"), log=log)
-    folder = tok_data.ensure_token_files(corpus, sha, tokenizer, cache, fractions=fractions,
-                                         splits=splits, max_docs=max_docs, log=log)
-    return corpus, sha, tokenizer, folder
-
-
 def make_model(lm: DictConfig, tokenizer) -> torch.nn.Module:
     if lm.get("pretrained"):
         return lm_model.load_pretrained(lm.pretrained,
@@ -142,7 +108,7 @@ def train_lm(cfg: DictConfig, run_dir: str | Path, log=print) -> dict[str, Any]:
     run_dir = Path(run_dir)
     t_start = time.perf_counter()
     with PartialState().main_process_first():  # under a launcher: one process builds the cache
-        corpus, corpus_sha, tokenizer, folder = prepare_data(cfg, log=log)
+        corpus, corpus_sha, tokenizer, folder = tok_data.prepare_data(cfg, log=log)
     data_seconds = time.perf_counter() - t_start
 
     engine = Engine(cfg.trainer, run_dir, seed=int(cfg.seed))  # seeds everything before init
@@ -245,7 +211,7 @@ def _save(cfg, engine: Engine, tokenizer, folder, metrics: dict, out: Path) -> P
         config=plain.config.to_dict(),
         data={"docs": train_stats["docs"] + val_stats["docs"],
               "train_tokens": train_stats["tokens"], "val_tokens": val_stats["tokens"],
-              "val_fraction": fractions_of(cfg)[1],
+              "val_fraction": tok_data.fractions_of(cfg)[1],
               "files": [runs.file_digest(f) for f in _source_files(cfg)]},
         training={"steps": metrics["steps"], "tokens": metrics["train_tokens_seen"],
                   "seconds": metrics["train_seconds"], "device": engine.accelerator.device.type,

@@ -2,20 +2,24 @@
 
 ``classifier_dir=`` (a `biomed train-classifier` run or its ``classifier/`` folder) gives one
 probability per finding and the call at the threshold saved with the model; ``clip_dir=`` (a
-`biomed train-clip` run) gives CXR-CLIP zero-shot scores (`biomed.imaging.clip.train.zero_shot_scores`).
+`biomed train-clip` run) gives CXR-CLIP zero-shot scores
+(`biomed.imaging.clip.model.zero_shot_scores`).
 ``inputs=`` is a folder (searched recursively; hidden files ignored), a file, a glob or a list of
-them; PNG/JPEG/TIFF files are read with `biomed.imaging.core.pixels.read_image`, everything else as
-DICOM, which is de-identified (`biomed.imaging.dicom.deid`, PS3.15 Basic Profile) before its pixels are
-decoded. Images are resized (squashed) to the classifier's input size.
+them; PNG/JPEG/TIFF files are read with `biomed.imaging.data.read.read_image_file`, everything
+else as DICOM, which is de-identified (`biomed.imaging.dicom.deid`, PS3.15 Basic Profile) before
+its pixels are decoded. Every file is read under the caps and the one error policy of
+`biomed.imaging.dicom.guard`. Images are resized (squashed) to the classifier's input size.
 
 Outputs in the run folder: ``predictions.csv`` (``id``, ``source``, ``kind``, one column per
 finding, and ``<finding>_call`` 0/1 for the classifier), ``skipped.csv`` (``source``, ``reason``:
 a bad file is skipped and recorded, never the end of the batch) and ``metrics.json`` (counts).
 
 Privacy: ``id`` is a keyed hash of the file's path (the same id `biomed dicom ingest` gives a file
-of the same folder, with the same key); ``source`` is the path for PNG/JPEG files and a keyed hash
-for DICOM and unknown files, whose names are often UIDs or patient names (``hash_paths=true``
-hashes every source). Nothing from a DICOM header reaches an output.
+of the same folder, with the same key); ``source`` is a keyed hash too (file and folder names are
+often UIDs or patient names); ``hash_paths=false`` writes the path of PNG/JPEG files in plain
+(DICOM sources are always hashed). Nothing from a DICOM header reaches an output, and the run's
+own records (provenance.json's command line, .hydra/, a failure's message) hold the ``inputs=``
+paths as keyed hashes.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import inspect
 import json
 import sys
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,7 +44,9 @@ from biomed import runs
 from biomed.errors import ConfigError, InputError
 from biomed.hydra_app import hydra_app
 from biomed.imaging.core import pixels
+from biomed.imaging.data.read import read_image_file
 from biomed.imaging.dicom import deid as deid_mod
+from biomed.imaging.dicom.guard import decoder_errors
 from biomed.imaging.dicom.ingest import default_key_file, find_files
 from biomed.imaging.dicom.read import ReadOptions, dataset_to_image, read_dataset
 
@@ -101,14 +107,18 @@ def collect_inputs(inputs: str | Sequence[str]) -> list[InputFile]:
 def read_input(f: InputFile, deid: deid_mod.Deidentifier,
                options: ReadOptions) -> tuple[np.ndarray, str]:
     """(image in the workbench convention, kind): PNG/JPEG/TIFF by extension, else DICOM,
-    de-identified before decoding. Raises `InputError` for an unreadable file."""
-    if f.is_image:
-        return pixels.read_image(f.path), "image"
+    de-identified before decoding. Any failure of a reader or decoder (a decoder panic, a
+    decompression bomb, a malformed field) is an `InputError` for this file
+    (`biomed.imaging.dicom.guard.decoder_errors`); Ctrl-C and exit still stop."""
+    if f.is_image:  # Pillow under the same policy and pixel cap (`read_image_file`)
+        return read_image_file(f.path, limits=options.limits), "image"
     with warnings.catch_warnings():  # pydicom's: the reason says what matters
         warnings.simplefilter("ignore")
-        ds = read_dataset(f.path)
-        clean = deid.deidentify(ds, f.path)
-        return dataset_to_image(clean, f.path, options).image, "dicom"
+        with decoder_errors(f.path, "cannot read"):
+            ds = read_dataset(f.path, limits=options.limits)
+            # only the decoded image is used (and nothing of it written): no re-encoding
+            clean = deid.deidentify(ds, f.path, pixels="copy", limits=options.limits)
+            return dataset_to_image(clean, f.path, options).image, "dicom"
 
 
 def _source(f: InputFile, deid: deid_mod.Deidentifier, hash_paths: bool) -> str:
@@ -117,10 +127,10 @@ def _source(f: InputFile, deid: deid_mod.Deidentifier, hash_paths: bool) -> str:
     return "hash:" + deid.hash_text("path:" + f.rel)
 
 
-def _reason(e: BaseException, f: InputFile) -> str:
-    reason = e.reason if isinstance(e, InputError) else \
-        f"unexpected error: {type(e).__name__}: {' '.join(str(e).split())}"
-    for text in (str(f.path), f.rel, f.path.name):  # paths may hold patient names
+def _reason(e: InputError, f: InputFile) -> str:
+    reason = e.reason
+    for text in sorted({str(f.path), str(f.path.resolve()), f.rel, f.path.name}, key=len,
+                       reverse=True):  # paths may hold patient names
         reason = reason.replace(text, "<file>")
     return reason[:500]
 
@@ -137,7 +147,7 @@ def iter_images(files: Sequence[InputFile], deid: deid_mod.Deidentifier, options
         source = _source(f, deid, hash_paths)
         try:
             img, kind = read_input(f, deid, options)
-        except Exception as e:  # one bad file must not stop the batch: record it, go on
+        except InputError as e:  # one bad file must not stop the batch: record it, go on
             skipped.append({"source": source, "reason": _reason(e, f)})
             continue
         yield {"id": deid.hash_text("id:" + f.rel), "source": source, "kind": kind}, img
@@ -164,7 +174,7 @@ class _ClassifierScorer:
     kind = "classifier"
 
     def __init__(self, path: str, device: str):
-        from biomed.imaging.classifier.train import load_classifier, resolve_classifier_dir
+        from biomed.imaging.classifier.model import load_classifier, resolve_classifier_dir
 
         self.folder = resolve_classifier_dir(path)
         self.model, self.config = load_classifier(self.folder, device)
@@ -192,7 +202,7 @@ class _ClassifierScorer:
 
 
 class _ClipScorer:
-    """Zero-shot scores of a CXR-CLIP model (`biomed.imaging.clip.train.zero_shot_scores`).
+    """Zero-shot scores of a CXR-CLIP model (`biomed.imaging.clip.model.zero_shot_scores`).
 
     Images are squashed to the model's input size (``preprocess_cfg.size`` of its
     ``open_clip_config.json``; 224 when it says none) so that a batch stacks.
@@ -209,7 +219,7 @@ class _ClipScorer:
         return list(self.findings or [])
 
     def score(self, images: Sequence[np.ndarray]) -> list[dict[str, Any]]:
-        clip = importlib.import_module("biomed.imaging.clip.train")  # lazily: open_clip is heavy
+        clip = importlib.import_module("biomed.imaging.clip.model")  # lazily: open_clip is heavy
         fn = clip.zero_shot_scores
         extra = {"device": self.device} if "device" in inspect.signature(fn).parameters else {}
         batch = np.stack([pixels.resize(im, self.size) for im in images])
@@ -276,7 +286,7 @@ def predict(cfg: DictConfig, run_dir: str | Path, log=print) -> dict[str, Any]:
                           decode_size=size)
     skipped: list[dict[str, str]] = []
     rows: list[dict[str, Any]] = []
-    images = iter_images(files, deid, options, bool(cfg.get("hash_paths", False)), skipped,
+    images = iter_images(files, deid, options, bool(cfg.get("hash_paths", True)), skipped,
                          progress=cfg.get("progress"))
     for batch in _batches(images, int(cfg.get("batch_size", 32))):
         scored = scorer.score([img for _, img in batch])
@@ -307,7 +317,7 @@ def _write_csv(path: Path, columns: Sequence[str], rows: Sequence[dict[str, Any]
 def _model_files(cfg: DictConfig) -> list[Path]:
     """Weights recorded in provenance.json (never the inputs: their paths may hold names)."""
     if cfg.get("classifier_dir"):
-        from biomed.imaging.classifier.train import WEIGHTS, resolve_classifier_dir
+        from biomed.imaging.classifier.model import WEIGHTS, resolve_classifier_dir
 
         try:
             return [resolve_classifier_dir(cfg.classifier_dir) / WEIGHTS]
@@ -316,9 +326,36 @@ def _model_files(cfg: DictConfig) -> list[Path]:
     return []
 
 
+def _input_redactor(cfg: DictConfig) -> Callable[[str], str]:
+    """Replaces the paths given as ``inputs=`` by keyed hashes in what the run records about
+    itself (provenance.json's command line, .hydra/, a failure's message): folder and file names
+    of inputs may hold patient names. Paths shorter than 4 characters are left as they are."""
+    inputs = cfg.get("inputs")
+    items = [str(i) for i in inputs] if isinstance(inputs, ListConfig) else \
+        [] if inputs is None else [str(inputs)]
+    texts: set[str] = set()
+    for item in items:
+        p = Path(item).expanduser()
+        texts |= {item, str(p), str(p.absolute()), str(p.resolve())}
+    texts = {t for t in texts if len(t) >= 4}
+    if not texts:
+        return lambda text: text
+    key_path = Path(cfg.key_file) if cfg.get("key_file") else default_key_file()
+    hasher = deid_mod.Deidentifier(deid_mod.load_or_create_key(key_path))
+    order = sorted(texts, key=len, reverse=True)  # a path before the shorter ones inside it
+    tokens = {t: f"<input:{hasher.hash_text('path:' + t, 12)}>" for t in order}
+
+    def redact(text: str) -> str:
+        for t in order:
+            text = text.replace(t, tokens[t])
+        return text
+
+    return redact
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """`biomed predict` (``conf/predict.yaml``): ``predictions.csv`` in the run folder."""
-    with runs.experiment(cfg, _model_files(cfg)) as run_dir:
+    with runs.experiment(cfg, _model_files(cfg), redact=_input_redactor(cfg)) as run_dir:
         metrics = predict(cfg, run_dir)
         runs.finish_run(run_dir, metrics)
     return metrics

@@ -1,4 +1,5 @@
-"""The CXR-CLIP model: an open_clip model, its report tokenizer, its pixels and its folder.
+"""The CXR-CLIP model: an open_clip model, its report tokenizer, its pixels, its folder and its
+zero-shot scores.
 
 The model is a plain open_clip ``CLIP`` built from a config registered with open_clip at run
 time (`register_model_config`), so every open_clip tool (``create_model_and_transforms``,
@@ -17,19 +18,24 @@ towers take and normalised with the mean/std stored in the preprocess config
     open_clip_config.json         {"model_cfg": ..., "preprocess_cfg": {mean, std, ...}}
     open_clip_model.safetensors   the state dict
     tokenizer.json, tokenizer_config.json
-    README.md                     model card
+    README.md                     model card (`biomed.imaging.clip.card`)
 
 and loads with ``open_clip.create_model_and_transforms("local-dir:<folder>")`` and
 ``open_clip.get_tokenizer("local-dir:<folder>")`` alone (`load_clip` does exactly that).
+
+Zero-shot classification (`zero_shot_scores`, `zero_shot_probabilities`): per finding, prompt
+classes (``"Cardiomegaly."`` vs ``"Heart size is normal."``; sided findings left vs right),
+several phrasings per class averaged in embedding space (CLIP's prompt ensembling). This module
+imports no training code and no Hydra: the app, `biomed predict` and the diffusion evaluation
+load a CLIP through it.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import json
-import math
 import shutil
-import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +46,7 @@ import torch
 
 from biomed.errors import ConfigError, InputError
 from biomed.imaging.core import pixels
+from biomed.imaging.core.labels import CANONICAL_NAMES
 
 CLIP_SUBDIR = "clip"
 CONFIG_NAME = "open_clip_config.json"
@@ -49,7 +56,6 @@ PAD = "<pad>"
 # files of a clip folder that are not the tokenizer's (everything else is copied along with it)
 _NOT_TOKENIZER = {CONFIG_NAME, WEIGHTS_NAME, "README.md", "open_clip_pytorch_model.bin",
                   "open_clip_pytorch_model.safetensors", "open_clip_model.bin"}
-
 
 # ---------------------------------------------------------------------------------------------
 # tokenizer
@@ -99,6 +105,13 @@ def save_tokenizer(tokenizer, out_dir: str | Path) -> Path:
     cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
     cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
     return out_dir
+
+def load_report_tokenizer(tokenizer_dir: str | Path):
+    """The ``transformers.PreTrainedTokenizerFast`` that `save_tokenizer` wrote to a folder
+    (how the other processes of a multi-process launch get the main process's tokenizer)."""
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast.from_pretrained(str(tokenizer_dir))
 
 
 def open_clip_tokenizer(tokenizer_dir: str | Path, context_length: int):
@@ -199,91 +212,6 @@ def to_model_input(images: torch.Tensor, preprocess_cfg: dict[str, Any]) -> torc
     mean = torch.tensor(preprocess_cfg["mean"], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(preprocess_cfg["std"], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     return (x - mean) / std
-
-
-def augment(images: torch.Tensor, *, rotate_deg: float = 5.0, scale: float = 0.05,
-            translate: float = 0.04, gamma: float = 0.0, brightness: float = 0.05,
-            contrast: float = 0.1, enabled: bool = True) -> torch.Tensor:
-    """Mild radiograph augmentation of N x H x W images in [0, 1], drawn from torch's RNG:
-    small rotation, zoom and shift, gamma exp(+-gamma), brightness and contrast. No horizontal
-    flip: it would swap the patient's left and right, and with them the sided findings of the
-    paired report."""
-    n = images.shape[0]
-    if n == 0 or not enabled:
-        return images
-    dev = images.device
-
-    def uniform(half: float) -> torch.Tensor:
-        return (torch.rand(n) * 2 - 1).mul_(half).to(dev)
-
-    angle = uniform(math.radians(rotate_deg))
-    zoom = 1.0 + uniform(scale)
-    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
-    theta = torch.stack([torch.stack([cos, -sin, uniform(translate) * 2], 1),
-                         torch.stack([sin, cos, uniform(translate) * 2], 1)], 1)
-    x = images.float().unsqueeze(1)
-    grid = torch.nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
-    x = torch.nn.functional.grid_sample(x, grid, padding_mode="border", align_corners=False)[:, 0]
-    if gamma:
-        x = x.clamp(0.0, 1.0) ** torch.exp(uniform(gamma)).view(n, 1, 1)
-    mean = x.mean(dim=(1, 2), keepdim=True)
-    x = (x - mean) * (1.0 + uniform(contrast)).view(n, 1, 1) + mean \
-        + uniform(brightness).view(n, 1, 1)
-    return x.clamp_(0.0, 1.0)
-
-
-# ---------------------------------------------------------------------------------------------
-# training pieces
-
-
-def info_nce(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torch.Tensor,
-             groups: torch.Tensor | None = None) -> torch.Tensor:
-    """CLIP's symmetric InfoNCE on L2-normalised B x D embeddings. ``groups`` (B ints): pairs
-    with the same group (the same report text) are all positives, with equal weight."""
-    logits = logit_scale.float() * image_emb.float() @ text_emb.float().t()  # fp32 under bf16
-    if groups is None:
-        target = torch.eye(len(logits), device=logits.device, dtype=logits.dtype)
-    else:
-        same = (groups[:, None] == groups[None, :]).to(logits.dtype)
-        target = same / same.sum(1, keepdim=True)
-    ce = torch.nn.functional.cross_entropy
-    return (ce(logits, target) + ce(logits.t(), target)) / 2
-
-
-def text_group(text: str) -> int:
-    """A stable integer per report text (duplicates within a batch share it)."""
-    return zlib.crc32(text.strip().lower().encode("utf-8"))
-
-
-class PairCollate:
-    """Dataset items -> {"image": B x h x w in [0, 1], "text": B x context ids, "group": B}."""
-
-    def __init__(self, tokenizer, preprocess_cfg: dict[str, Any]):
-        self.tokenizer, self.preprocess_cfg = tokenizer, preprocess_cfg
-
-    def __call__(self, items: list[dict]) -> dict[str, torch.Tensor]:
-        texts = [str(it.get("report") or "") for it in items]
-        images = fit_images([it["image"] for it in items], self.preprocess_cfg)
-        return {"image": torch.from_numpy(images), "text": self.tokenizer(texts),
-                "group": torch.tensor([text_group(t) for t in texts], dtype=torch.int64)}
-
-
-class ContrastiveLoss:
-    """``loss_fn(model, batch)`` for the engine: augment (in training mode), normalise, InfoNCE.
-    The temperature is the model's learnable ``logit_scale``, capped at 100 as in CLIP."""
-
-    def __init__(self, preprocess_cfg: dict[str, Any], augment: dict[str, float] | None = None,
-                 max_logit_scale: float = 100.0):
-        self.preprocess_cfg, self.augment = preprocess_cfg, augment
-        self.max_logit_scale = max_logit_scale
-
-    def __call__(self, model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
-        images = batch["image"]
-        if self.augment and model.training:
-            images = augment(images, **self.augment)
-        out = model(image=to_model_input(images, self.preprocess_cfg), text=batch["text"])
-        scale = out[2].clamp(max=self.max_logit_scale)
-        return info_nce(out[0], out[1], scale, batch["group"]), {"logit_scale": float(scale.detach())}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -388,45 +316,168 @@ def save_clip(model: torch.nn.Module, model_cfg: dict[str, Any], preprocess_cfg:
     return out
 
 
-def model_card(*, name: str, params: dict[str, int], model_cfg: dict[str, Any],
-               data: dict[str, Any], training: dict[str, Any], metrics: dict[str, Any],
-               pretrained: str | None = None) -> str:
-    """The clip folder's ``README.md``: data and its licence terms, training, numbers, use."""
-    origin = (f"fine-tuned from the local open_clip folder `{pretrained}`" if pretrained else
-              "trained from scratch")
-    lines = [
-        f"# {name}: a chest X-ray CLIP (open_clip), research use only", "",
-        f"A contrastive image-report model ({origin}) built by the biomed workbench "
-        "(`biomed train-clip`). Load it with open_clip alone:", "",
-        "```python", "import open_clip",
-        "model, _, preprocess = open_clip.create_model_and_transforms('local-dir:<this folder>')",
-        "tokenizer = open_clip.get_tokenizer('local-dir:<this folder>')", "```", "",
-        "Images: single-channel radiographs in [0, 1] (lungs dark), replicated to 3 channels and "
-        "normalised with `preprocess_cfg` of `open_clip_config.json`. The text tower pools the "
-        "end-of-text token (`pool_type: eos`).", "",
-        "## Data", "",
-        f"- {data.get('description', '')}",
-        f"- training pairs: {data.get('train_items')}, evaluation items: "
-        f"{data.get('eval_items')} (split `{data.get('eval_split')}`, by a stable hash of the "
-        "report id: all renders of a report in one split)", "",
-        "Where the data are phantoms (`data=phantom_iu`), the images are procedurally rendered "
-        "chest radiographs, not patients, paired with real report text from the Indiana "
-        "University / OpenI collection. That text is licensed CC BY-NC-ND 4.0, and this model "
-        "inherits its terms: non-commercial use, attribution, no modified redistribution. "
-        "Research use only; not for clinical use. Conclusions about real patients need real "
-        "data.", "",
-        "## Model", "",
-        f"- parameters: {params['total']:,} (image tower {params['visual']:,}, text tower "
-        f"{params['text']:,})",
-        f"- embed_dim {model_cfg.get('embed_dim')}; vision_cfg "
-        f"`{json.dumps(model_cfg.get('vision_cfg'))}`; text_cfg "
-        f"`{json.dumps(model_cfg.get('text_cfg'))}`", "",
-        "## Training", "",
-        *[f"- {k}: {v}" for k, v in training.items()], "",
-        "## Evaluation (held-out split)", "",
-        *[f"- {k}: {v}" for k, v in metrics.items()], "",
-    ]
-    return "\n".join(lines)
+# ---------------------------------------------------------------------------------------------
+# zero-shot classification
+
+# Zero-shot prompt classes per finding: class 0 is the finding, the others its alternatives;
+# each class is a few phrasings, in the style of the IU reports and the phantom's templates.
+_LEFT_EFF = ("Left pleural effusion.", "Small left pleural effusion.")
+_RIGHT_EFF = ("Right pleural effusion.", "Small right pleural effusion.")
+_NO_EFF = ("No pleural effusion.", "There is no pleural effusion.")
+_LEFT_PTX = ("Left pneumothorax.", "Small left pneumothorax.")
+_RIGHT_PTX = ("Right pneumothorax.", "Small right pneumothorax.")
+_NO_PTX = ("No pneumothorax.", "There is no pneumothorax.")
+# the left and the right phrasings of each sided finding (the side prompts)
+LATERAL_PHRASES = {"effusion": (_LEFT_EFF, _RIGHT_EFF), "pneumothorax": (_LEFT_PTX, _RIGHT_PTX)}
+PROMPTS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "no_finding": (("No acute cardiopulmonary abnormality.", "Normal chest.",
+                    "The lungs are clear. Heart size is normal."),
+                   ("Cardiomegaly.",), ("Pleural effusion.",), ("Pneumothorax.",),
+                   ("Focal airspace consolidation.",), ("Pulmonary edema.",),
+                   ("Pulmonary nodule.",)),
+    "cardiomegaly": (("Cardiomegaly.", "The heart is enlarged.", "Enlarged cardiac silhouette."),
+                     ("Heart size is normal.", "No cardiomegaly.",
+                      "Normal cardiac silhouette.")),
+    "effusion": (("Pleural effusion.", "There is a pleural effusion.", *_LEFT_EFF[:1],
+                  *_RIGHT_EFF[:1]), _NO_EFF),
+    "pneumothorax": (("Pneumothorax.", "There is a pneumothorax.", *_LEFT_PTX[:1],
+                      *_RIGHT_PTX[:1]), _NO_PTX),
+    "nodule": (("Pulmonary nodule.", "There is a nodule in the lung."),
+               ("No pulmonary nodules.", "No nodules or masses.")),
+    "calcified_granuloma": (("Calcified granuloma.", "Calcified granulomas."),
+                            ("No calcified granuloma.", "No nodules or masses.")),
+    "mass": (("Lung mass.", "There is a mass in the lung."),
+             ("No mass.", "No nodules or masses.")),
+    "consolidation": (("Focal consolidation.", "Airspace disease.", "Airspace opacity."),
+                      ("No focal consolidation.", "No airspace disease.")),
+    "atelectasis": (("Atelectasis.", "Basilar atelectasis."),
+                    ("No atelectasis.", "No focal airspace disease.")),
+    "edema": (("Pulmonary edema.", "Interstitial edema."), ("No pulmonary edema.", "No edema.")),
+    "emphysema": (("Emphysema.", "Hyperinflated lungs."), ("No emphysema.",
+                                                           "Normal lung volumes.")),
+    "low_lung_volumes": (("Low lung volumes.", "Hypoinflation."),
+                         ("Normal lung volumes.", "Well-expanded lungs.")),
+    "pneumonia": (("Pneumonia.", "Findings consistent with pneumonia."),
+                  ("No pneumonia.", "No evidence of pneumonia.")),
+    "fracture": (("Rib fracture.", "Fracture."), ("No fracture.", "No acute bony abnormality.")),
+    "support_devices": (("Endotracheal tube in place.", "Central venous catheter in place.",
+                         "Support devices."), ("No lines or tubes.", "No support devices.")),
+}
+# A side column scores P(parent) x P(this side | parent), the side from "left ..." vs "right ..."
+# prompts, so that detection and laterality are separate factors (`side_accuracy` reports the
+# second). With a 3-way left/right/none softmax, a model that has not yet learned laterality
+# pulled right effusions towards "left" and below normal images (AUROC 0.2 for effusion_right
+# on phantoms after 300 steps); the product keeps a side column tied to its parent's detection.
+SIDED_PROMPTS: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
+    f"{parent}_{side}": (parent, *(pair if side == "left" else pair[::-1]))
+    for parent, pair in LATERAL_PHRASES.items() for side in ("left", "right")}
+_ALIASES = {"pleural_effusion": "effusion", "pulmonary_edema": "edema",
+            "enlarged_heart": "cardiomegaly"}
+
+
+def _key(finding: str) -> str:
+    key = finding.strip().lower().replace(" ", "_").replace("-", "_")
+    return _ALIASES.get(key, key)
+
+
+def prompt_classes(finding: str) -> tuple[tuple[str, ...], ...]:
+    """The prompt classes of a finding (canonical name or a dataset's label name); a name
+    without a table entry gets "<name>." vs "No <name>."; a side column (`SIDED_PROMPTS`) gets
+    this side vs the other side (its presence comes from its parent's classes)."""
+    key = _key(finding)
+    if key in SIDED_PROMPTS:
+        return SIDED_PROMPTS[key][1:]
+    if key in PROMPTS:
+        return PROMPTS[key]
+    phrase = key.replace("_", " ")
+    return ((f"{phrase.capitalize()}.", f"There is {phrase}."),
+            (f"No {phrase}.", f"There is no {phrase}."))
+
+
+@torch.no_grad()
+def encode_images(model, images: np.ndarray, preprocess_cfg: dict[str, Any],
+                  batch_size: int = 64, device: str | torch.device = "cpu") -> torch.Tensor:
+    """N x h x w images at the model's size -> N x D normalised embeddings (float32, CPU)."""
+    out = []
+    for s in range(0, len(images), batch_size):
+        x = to_model_input(torch.as_tensor(images[s:s + batch_size]).to(device), preprocess_cfg)
+        out.append(model.encode_image(x, normalize=True).float().cpu())
+    return torch.cat(out) if out else torch.zeros(0, 0)
+
+
+@torch.no_grad()
+def encode_texts(model, tokenizer, texts: Sequence[str], batch_size: int = 256,
+                 device: str | torch.device = "cpu") -> torch.Tensor:
+    """Texts -> N x D normalised embeddings (float32, CPU)."""
+    out = []
+    for s in range(0, len(texts), batch_size):
+        ids = tokenizer(list(texts[s:s + batch_size])).to(device)
+        out.append(model.encode_text(ids, normalize=True).float().cpu())
+    return torch.cat(out) if out else torch.zeros(0, 0)
+
+
+@torch.no_grad()
+def class_probabilities(model, tokenizer, image_emb: torch.Tensor,
+                        classes: Sequence[Sequence[str]],
+                        device: str | torch.device = "cpu") -> torch.Tensor:
+    """N x C softmax over prompt classes, each the normalised mean embedding of its phrasings
+    (CLIP's prompt ensembling), at the model's temperature."""
+    scale = float(model.logit_scale.exp().clamp(max=100.0))
+    emb = []
+    for phrasings in classes:
+        e = encode_texts(model, tokenizer, list(phrasings), device=device).mean(0)
+        emb.append(e / e.norm().clamp_min(1e-8))
+    return (scale * image_emb @ torch.stack(emb).t()).softmax(dim=1)
+
+
+def zero_shot_probabilities(model, tokenizer, image_emb: torch.Tensor, findings: Sequence[str],
+                            device: str | torch.device = "cpu") -> np.ndarray:
+    """N x F probabilities: per finding, the probability of its first prompt class; for a
+    side column, P(parent) x P(this side | parent)."""
+    out = np.zeros((len(image_emb), len(findings)), np.float32)
+    for f, name in enumerate(findings):
+        p = class_probabilities(model, tokenizer, image_emb, prompt_classes(name), device)[:, 0]
+        if _key(name) in SIDED_PROMPTS:
+            parent = SIDED_PROMPTS[_key(name)][0]
+            p = p * class_probabilities(model, tokenizer, image_emb, prompt_classes(parent),
+                                        device)[:, 0]
+        out[:, f] = p.numpy()
+    return out
+
+
+def default_findings() -> list[str]:
+    """The findings `zero_shot_scores` scores by default: the canonical vocabulary."""
+    return list(CANONICAL_NAMES)
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_clip(path: str, mtime_ns: int, device: str) -> LoadedClip:
+    return load_clip(path, device=device)
+
+
+def zero_shot_scores(clip_dir: str | Path, images: np.ndarray,
+                     findings: Sequence[str] | None = None, *, batch_size: int = 64,
+                     device: str | None = None) -> tuple[np.ndarray, list[str]]:
+    """Zero-shot probabilities of a clip folder (or train-clip run folder) for N x H x W
+    workbench images (float in [0, 1], any size: squashed to the model's input).
+
+    Returns (N x F float32 probabilities, the F finding names); ``findings`` defaults to the
+    canonical vocabulary. Raises `InputError` (one line) for a missing or broken folder.
+    """
+    folder = resolve_clip_dir(clip_dir)
+    weights = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))
+    mtime = weights[0].stat().st_mtime_ns if weights else 0
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    loaded = _cached_clip(str(folder), mtime, device)
+    arr = np.asarray(images, dtype=np.float32)
+    if arr.ndim == 2:
+        arr = arr[None]
+    if arr.ndim != 3:
+        raise ValueError(f"zero_shot_scores: expected N x H x W images, got shape {arr.shape}")
+    names = list(findings) if findings is not None else default_findings()
+    emb = encode_images(loaded.model, fit_images(arr, loaded.preprocess_cfg),
+                        loaded.preprocess_cfg, batch_size, device)
+    return zero_shot_probabilities(loaded.model, loaded.tokenizer, emb, names, device), names
 
 
 def _one_line(e: BaseException) -> str:

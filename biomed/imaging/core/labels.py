@@ -12,9 +12,9 @@ classifier trained on them needs the parent, while the phantom and prompt-fideli
 the sides. The parent is the logical OR of its sides (`complete_sides`).
 
 Real datasets keep their own label names as their primary labels; the mappings below turn them
-into canonical columns on request (``labels="canonical"`` in `biomed.imaging.data.datasets`). Values
-follow three-valued logic: 1 (present), 0 (absent), NaN (unknown). A canonical column with no
-source label in a dataset is NaN for that dataset, never a silent 0. Several source labels
+into canonical columns on request (``labels="canonical"`` in `biomed.imaging.data.files`).
+Values follow three-valued logic: 1 (present), 0 (absent), NaN (unknown). A canonical column
+with no source label in a dataset is NaN for that dataset, never a silent 0. Several source labels
 mapped to one canonical column combine as an OR: 1 if any is 1, 0 if all are 0, else NaN.
 """
 

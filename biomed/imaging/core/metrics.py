@@ -1,20 +1,21 @@
 """Metrics shared by the classifier, CLIP, the diffusion evaluation and the augmentation loop.
 
 Every metric takes 1-D arrays and ignores rows whose label is NaN (unknown). Confidence
-intervals are percentile bootstraps over rows (Efron & Tibshirani 1993), resampled with a
-seeded generator so a rerun gives the same interval; a resample with a single class is skipped
-(AUROC is undefined there), and the number of valid resamples is returned with the interval.
+intervals come from the package's one bootstrap (``biomed.stats.bootstrap``: percentile, over
+rows, seeded); a resample with a single class is skipped there (AUROC is undefined), and the
+number of valid resamples is returned with the interval.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Estimate", "auroc", "average_precision", "bootstrap", "expected_calibration_error",
-           "per_label", "recall_at_k"]
+from biomed import stats
+
+__all__ = ["auroc", "average_precision", "expected_calibration_error", "per_label",
+           "recall_at_k"]
 
 
 def _valid(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -71,50 +72,15 @@ def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 15) -> 
     return float(err)
 
 
-@dataclass
-class Estimate:
-    """A point estimate with its bootstrap 95% interval (``n_boot`` valid resamples)."""
-
-    value: float
-    low: float
-    high: float
-    n_boot: int
-
-    def to_dict(self) -> dict[str, float]:
-        return {"value": self.value, "ci_low": self.low, "ci_high": self.high}
-
-    def __str__(self) -> str:
-        return f"{self.value:.3f} [{self.low:.3f}, {self.high:.3f}]"
-
-
-def bootstrap(metric: Callable[..., float], *arrays: np.ndarray, n: int = 1000, seed: int = 0,
-              level: float = 0.95) -> Estimate:
-    """``metric(*arrays)`` with a percentile bootstrap interval over rows."""
-    arrays = tuple(np.asarray(a) for a in arrays)
-    size = len(arrays[0])
-    value = metric(*arrays)
-    rng = np.random.default_rng(seed)
-    stats = []
-    for _ in range(n):
-        i = rng.integers(0, size, size)
-        v = metric(*(a[i] for a in arrays))
-        if np.isfinite(v):
-            stats.append(v)
-    if not stats:
-        return Estimate(value, float("nan"), float("nan"), 0)
-    lo, hi = np.quantile(stats, [(1 - level) / 2, 1 - (1 - level) / 2])
-    return Estimate(float(value), float(lo), float(hi), len(stats))
-
-
 def per_label(metric: Callable[[np.ndarray, np.ndarray], float], labels: np.ndarray,
               scores: np.ndarray, names: Sequence[str], *, n_boot: int = 1000,
-              seed: int = 0) -> dict[str, Estimate]:
+              seed: int = 0) -> dict[str, stats.Estimate]:
     """``metric`` with a bootstrap CI for each column that has both classes (N x K arrays)."""
     out = {}
     for k, name in enumerate(names):
         y, s = _valid(labels[:, k], scores[:, k])
         if (y == 1).any() and (y == 0).any():
-            out[name] = bootstrap(metric, y, s, n=n_boot, seed=seed)
+            out[name] = stats.bootstrap(metric, y, s, n=n_boot, seed=seed)
     return out
 
 

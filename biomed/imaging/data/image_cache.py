@@ -37,6 +37,7 @@ import numpy as np
 
 from biomed.errors import BiomedError, ConfigError
 from biomed.imaging.core import pixels
+from biomed.imaging.dicom.guard import decoder_errors
 
 __all__ = ["FORMAT", "BuildResult", "ImageCache"]
 
@@ -203,8 +204,8 @@ class ImageCache:
 
         ``decode(path, size)`` returns the image in the workbench convention, at any size (a
         decoder may use ``size`` to decode a JPEG at reduced resolution); the cache resizes it
-        to ``size``. A file that is missing or that ``decode`` rejects with a `BiomedError`
-        (or an OSError/ValueError from the image library) is recorded as bad and skipped.
+        to ``size``. A file that is missing or that ``decode`` fails on, in any way but Ctrl-C
+        or exit (`biomed.imaging.dicom.guard.decoder_errors`), is recorded as bad and skipped.
         ``variant`` names the decoder's settings: the same file read differently is cached
         separately.
         """
@@ -258,15 +259,17 @@ class ImageCache:
         return result
 
     def _decode(self, path: Path, decode: Decoder) -> np.ndarray | str:
-        """The resized uint16 image, or the reason it could not be read."""
+        """The resized uint16 image, or the reason it could not be read: any failure of the
+        decoder (a decoder panic or a RecursionError included: `guard.decoder_errors`) is the
+        file's, recorded as bad so that no later build tries it again; Ctrl-C still stops."""
         try:
-            img = decode(path, self.size)
-            img = pixels.resize(pixels.check_image(np.asarray(img), str(path)), self.size)
-            return pixels.to_uint16(img)
+            with decoder_errors(path, "cannot read"):
+                img = decode(path, self.size)
+                img = pixels.resize(pixels.check_image(np.asarray(img), str(path)), self.size)
+                return pixels.to_uint16(img)
         except BiomedError as e:
-            return getattr(e, "reason", None) or str(e)
-        except (OSError, ValueError) as e:
-            return f"{type(e).__name__}: {' '.join(str(e).split())}"
+            reason = getattr(e, "reason", None) or str(e)
+            return " ".join(reason.replace(str(path), "<file>").split())
 
     def _store(self, chunk: list[str], outs: list, todo: dict[str, list[int]],
                where: dict[str, Path], result: BuildResult) -> None:

@@ -30,28 +30,41 @@ Two PS3.15 options are available (E.3, and the codes of CID 7050 that record the
   patient id), which keeps intervals between studies. With ``dates="remove"`` the Basic Profile
   applies instead: Study/Content Date and Time are emptied, other dates removed.
 - Retain Patient Characteristics (113108): sex, age, size and weight are kept; by default they
-  are not (the Basic Profile empties sex and removes the others).
+  are not (the Basic Profile empties sex and removes the others). An age over 89 years becomes
+  ``090Y``, read as "90 or older" (HIPAA Safe Harbor groups those ages into one category); an
+  age that is not a valid Age String (``nnnD``, ``nnnW``, ``nnnM``, ``nnnY``) is removed.
+
+Dates keep no time zone: the offset of a DT value (``&ZZXX``) and Timezone Offset From UTC are
+removed, since a place's offset narrows where the patient was.
 
 UIDs are remapped to ``2.25.<decimal of an HMAC-SHA256 of the UID>`` (PS3.5 B.2): the same input
 UID gives the same output UID for a given key, within a run and across runs that share the key,
-and the mapping cannot be reversed without the key. Patient ids become pseudonyms the same way,
-so images of one patient stay together (the split rule hashes them) without naming anyone.
+and the mapping cannot be reversed without the key. Patient ids (with their Issuer of Patient ID,
+so that equal MRNs of two sites stay two patients) become pseudonyms the same way, so images of
+one patient stay together (the split rule hashes them) without naming anyone.
 
-Burned-in text in the pixels is out of scope (the Clean Pixel Data option is not offered): a
-dataset whose Burned In Annotation is YES raises `BurnedInAnnotation` unless the caller opts in.
-Files that lack the attribute are not flagged; secondary captures of screens may still hold text.
-Encapsulated pixel data is copied as it is: comment segments inside a JPEG or JPEG 2000
-codestream are not inspected.
+The key is the caller's (`Deidentifier` takes it; there is no module-wide key): whoever can run a
+de-identifier with a key and read its output can look up the pseudonym and date shift of any
+patient id under that key. Batch tools read one key per machine (`load_or_create_key`,
+``$BIOMED_CACHE/deid.key``) so that folders ingested at different times stay linked; a service
+that de-identifies what strangers upload (the app) takes a fresh key per process or session
+(`new_session_key`) and never the key of a released dataset.
+
+Burned-in text in the pixels is not searched for (the Clean Pixel Data option is not offered):
+images whose header says or suggests their pixels may identify the patient are refused
+(`biomed.imaging.dicom.burned_in`) unless the caller opts in. Pixel Data is never copied: it is
+decoded and written anew (`biomed.imaging.dicom.reencode`), so that bits above Bits Stored,
+bytes after the image and comment segments inside a JPEG or JPEG 2000 codestream are left
+behind. The input dataset is never modified.
 """
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import hashlib
 import hmac
-import os
 import re
-import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,10 +76,25 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 
-from biomed.errors import ConfigError, InputError
-from biomed.outpaths import check_creatable
+from biomed.errors import ConfigError
+from biomed.imaging.dicom.burned_in import BurnedInAnnotation, check_burned_in
+from biomed.imaging.dicom.guard import DEFAULT_LIMITS, Limits
+from biomed.imaging.dicom.keys import (
+    check_key,
+    check_key_file,
+    default_key_file,
+    load_or_create_key,
+    new_key,
+    new_session_key,
+)
+from biomed.imaging.dicom.reencode import reencode_pixels
+
+__all__ = ["FREE_TEXT_ACTIONS", "METHOD_NAME", "BurnedInAnnotation", "DeidConfig",
+           "Deidentifier", "check_key_file", "code_meaning", "default_key_file",
+           "load_or_create_key", "new_key", "new_session_key"]
 
 METHOD_NAME = "biomed PS3.15 Annex E Basic Profile (allowlist)"
+AGE_CAP = "090Y"  # "90 or older" (HIPAA Safe Harbor: ages over 89 form one category)
 
 # CID 7050 "De-identification Method" codes (PS3.16).
 _CODE_BASIC = ("113100", "Basic Application Confidentiality Profile")
@@ -94,8 +122,7 @@ _KEEP = (
     "RedPaletteColorLookupTableDescriptor", "GreenPaletteColorLookupTableDescriptor",
     "BluePaletteColorLookupTableDescriptor", "RedPaletteColorLookupTableData",
     "GreenPaletteColorLookupTableData", "BluePaletteColorLookupTableData",
-    "PixelData",
-)
+)  # Pixel Data is decoded and written anew (`reencode_pixels`), never copied
 # Sequences kept: LUT items keep the allowlist plus the LUT itself (below); coded items (View
 # Code, Anatomic Region) are rebuilt from their code (`_code_item`).
 _KEEP_SEQUENCES = ("ModalityLUTSequence", "VOILUTSequence", "ViewCodeSequence",
@@ -178,10 +205,6 @@ for _kw in FREE_TEXT_ACTIONS:  # free text is never on the allowlist
     assert tag_for_keyword(_kw) is not None and _kw not in (*_KEEP, *_KEEP_IN_ITEMS), _kw
 
 
-class BurnedInAnnotation(InputError):
-    """The pixels may hold identifying text (Burned In Annotation = YES)."""
-
-
 @dataclass(frozen=True)
 class DeidConfig:
     """Choices PS3.15 leaves to the de-identifier (see the module docstring)."""
@@ -198,72 +221,16 @@ class DeidConfig:
             raise ConfigError(f"max_shift_days must be >= 1, not {self.max_shift_days}")
 
 
-def new_key() -> bytes:
-    """A fresh 256-bit secret for UID remapping, pseudonyms, date shifts and path hashes."""
-    return secrets.token_bytes(32)
-
-
-def load_or_create_key(path: str | Path) -> bytes:
-    """Read a key file (hex), or create one readable by its owner only.
-
-    Whoever holds the key can link outputs back to the inputs they came from (by recomputing
-    the mapping of a known UID or patient id): keep it apart from data that is shared.
-    """
-    path = Path(path)
-    if path.exists():
-        return _read_key(path)
-    check_key_file(path)
-    key = new_key()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(key.hex() + "\n")
-    except OSError as e:
-        raise InputError(path, f"cannot create the de-identification key file "
-                         f"({e.strerror or e})") from None
-    return key
-
-
-def check_key_file(path: str | Path) -> None:
-    """Check, creating nothing, that a key file can be read (it exists) or created.
-
-    Raises `InputError` naming the path: a folder, an unreadable or malformed key, or a place
-    where no file can be created (a file or an unwritable folder on the way).
-    """
-    path = Path(path)
-    if path.exists():
-        _read_key(path)
-        return
-    check_creatable(path, "the de-identification key file")
-
-
-def _read_key(path: Path) -> bytes:
-    if not path.is_file():
-        raise InputError(path, "not a de-identification key file (it is a folder or a device)")
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise InputError(path, f"cannot read the de-identification key ({e.strerror or e})") \
-            from None
-    try:
-        key = bytes.fromhex(data.decode("ascii").strip())
-    except ValueError:  # also UnicodeDecodeError: a binary file
-        raise InputError(path, "not a de-identification key (expected hex)") from None
-    if len(key) < 16:
-        raise InputError(path, "de-identification key too short (need >= 16 bytes)")
-    return key
-
-
 class Deidentifier:
-    """Applies the profile with one secret key, so that mappings are consistent.
+    """Applies the profile with the caller's secret key, so that mappings are consistent.
 
-    The same key maps the same UID, patient id and path to the same output every time; a new
-    key (`new_key`) gives unlinkable outputs.
+    The same key maps the same UID, patient id and path to the same output every time; another
+    key gives unlinkable outputs. Batch tools pass the machine's key (`load_or_create_key`), a
+    service for uploads a key of its own (`new_session_key`).
     """
 
-    def __init__(self, key: bytes | None = None, config: DeidConfig | None = None):
-        self.key = key if key is not None else new_key()
+    def __init__(self, key: bytes, config: DeidConfig | None = None):
+        self.key = check_key(key)
         self.config = config or DeidConfig()
 
     # -- keyed mappings ---------------------------------------------------------------------
@@ -293,16 +260,24 @@ class Deidentifier:
 
     # -- the profile ------------------------------------------------------------------------
 
-    def deidentify(self, ds: Dataset, path: str | Path = "<dataset>") -> Dataset:
-        """A new, de-identified dataset (the input is not modified).
+    def deidentify(self, ds: Dataset, path: str | Path = "<dataset>", *,
+                   pixels: Literal["reencode", "copy"] = "reencode",
+                   limits: Limits = DEFAULT_LIMITS) -> Dataset:
+        """A new, de-identified dataset (the input is not modified: nothing is shared with it).
 
-        Raises `BurnedInAnnotation` for Burned In Annotation = YES unless allowed.
+        ``pixels="reencode"`` (the default) decodes the image and writes Pixel Data anew
+        (`reencode_pixels`, within ``limits``). ``"copy"`` keeps the original Pixel Data bytes
+        and transfer syntax, which may hold more than the image: only for a caller that decodes
+        the result and writes nothing but the decoded image (ingest's PNG output), never for a
+        dataset that is saved or shown.
+
+        Raises `BurnedInAnnotation` when the pixels may identify the patient
+        (`biomed.imaging.dicom.burned_in`) unless ``allow_burned_in``, and `InputError` when
+        the pixels cannot be decoded.
         """
-        burned = str(ds.get("BurnedInAnnotation", "") or "").strip().upper()
-        if burned == "YES" and not self.config.allow_burned_in:
-            raise BurnedInAnnotation(path, "Burned In Annotation is YES (text in the pixels may "
-                                     "identify the patient): kept out; opt in with "
-                                     "--allow-burned-in / allow_burned_in=True")
+        if pixels not in ("reencode", "copy"):
+            raise ConfigError(f"pixels must be 'reencode' or 'copy', not {pixels!r}")
+        check_burned_in(ds, path, allow=self.config.allow_burned_in)
         patient_key = _patient_key(ds)
         out = Dataset()
         _copy(ds, out, _KEEP)
@@ -324,6 +299,13 @@ class Deidentifier:
         self._characteristics(ds, out)
         self._mark(out)
         out.file_meta = self._file_meta(ds, out)
+        if pixels == "copy":
+            if "PixelData" in ds:  # in the source's transfer syntax, which the meta keeps
+                out["PixelData"] = copy.deepcopy(ds["PixelData"])
+        else:
+            out.file_meta.TransferSyntaxUID = dcm_uid.ExplicitVRLittleEndian
+            if "PixelData" in ds:
+                out.file_meta.TransferSyntaxUID = reencode_pixels(ds, out, path, limits)
         return out
 
     def _clean_item(self, item: Dataset) -> Dataset:
@@ -359,6 +341,12 @@ class Deidentifier:
     def _characteristics(self, ds: Dataset, out: Dataset) -> None:
         if self.config.keep_patient_characteristics:
             _copy(ds, out, tuple(_CHARACTERISTICS))
+            if "PatientAge" in out:
+                age = cap_age(out.PatientAge)
+                if age:
+                    out.PatientAge = age
+                else:
+                    del out.PatientAge
         if "PatientSex" not in out:  # Type 2: present, empty (Z)
             out.PatientSex = ""
 
@@ -434,20 +422,35 @@ def _defined_terms(ds: Dataset) -> None:
             setattr(ds, kw, term if term in terms else "US")
 
 
+def cap_age(value) -> str:
+    """An Age String (AS) as the characteristics option keeps it: ages over 89 years become
+    ``090Y`` ("90 or older"); a value that is not ``nnn`` + D/W/M/Y gives "" (removed)."""
+    text = str(value or "").strip().upper()
+    if not re.fullmatch(r"[0-9]{3}[DWMY]", text):
+        return ""
+    if text.endswith("Y") and int(text[:3]) > 89:
+        return AGE_CAP
+    return text
+
+
 def _copy(src: Dataset, dst: Dataset, keywords: Iterable[str]) -> None:
+    """Copies of the named elements (never the element itself: changing the output must not
+    change the input)."""
     for kw in keywords:
         tag = tag_for_keyword(kw)
         if tag is not None and tag in src:
             elem = src[tag]
             if elem.VR != "SQ":
-                dst[tag] = elem
+                dst[tag] = copy.deepcopy(elem)
 
 
 def _patient_key(ds: Dataset) -> str:
-    """What identifies the patient: Patient ID, else name + birth date, else the study."""
+    """What identifies the patient: Patient ID with its Issuer (equal MRNs of two sites are two
+    patients), else name + birth date, else the study."""
     pid = str(ds.get("PatientID", "") or "").strip()
     if pid:
-        return "id:" + pid
+        issuer = str(ds.get("IssuerOfPatientID", "") or "").strip()
+        return "id:" + pid + (f"|issuer:{issuer}" if issuer else "")
     name = str(ds.get("PatientName", "") or "").strip()
     if name:
         return f"name:{name}|{ds.get('PatientBirthDate', '')}"
@@ -472,9 +475,11 @@ def _shift_da(value, days: int):
 
 
 def _shift_dt(value, days: int) -> str:
-    """A DT value: its date part shifted, time and offset kept; a partial DT is removed."""
+    """A DT value: its date part shifted, the time kept, the UTC offset (``&ZZXX``) removed; a
+    partial DT is removed."""
     text = str(value or "").strip()
     if len(text) < 8:
         return ""
     head = _shift_date(text[:8], days)
-    return head + text[8:] if head else ""
+    time = re.split(r"[+-]", text[8:], maxsplit=1)[0]
+    return head + time if head else ""

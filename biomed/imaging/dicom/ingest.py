@@ -1,14 +1,22 @@
 """`biomed dicom inspect|ingest`: look at DICOM files; de-identify and ingest a DICOM folder.
 
-``ingest`` walks SRC_DIR recursively and, for every file, in a pool of processes (one per core):
-parses it, de-identifies it (`biomed.imaging.dicom.deid`, before anything is written), decodes it
-(`biomed.imaging.dicom.read`) and writes ``OUT_DIR/images/<id>.png`` (16-bit, the workbench
-convention) or, with ``--format dicom``, the de-identified DICOM. Each written image gets a row in
-``manifest.csv``; each skipped file a row in ``errors.csv`` (``source``, ``reason``).
+``ingest`` walks SRC_DIR recursively and, for every file, in worker processes (one per core;
+`biomed.imaging.dicom.batch`): parses it under the size limits (`biomed.imaging.dicom.guard`),
+de-identifies it (`biomed.imaging.dicom.deid`, before anything is written), decodes it
+(`biomed.imaging.dicom.read`), checks the image (2-D, finite, in [0, 1]) and writes
+``OUT_DIR/images/<id>.png`` (16-bit, the workbench convention) or, with ``--format dicom``, the
+de-identified DICOM. Each written image gets a row in ``manifest.csv``; each refused or failed
+file a row in ``errors.csv`` (``id``, ``source``, one-line ``reason``). The files of OUT_DIR are
+described in `biomed.imaging.dicom.outdir`.
 
+- **One bad file never stops the batch**: every failure of a parser or decoder, a Rust panic
+  included, is that file's error; a file that kills its worker process (a segfault, the
+  out-of-memory killer) is found by its started mark, recorded as "the decoder crashed the
+  worker process" and the pool is restarted.
 - **Ids** are keyed hashes of the file's path relative to SRC_DIR: stable across reruns, unique,
-  and free of the names PACS exports put in folder names. ``--hash-paths`` also replaces the
-  ``source`` column by a keyed hash, so that no output holds a path.
+  and free of the names PACS exports put in folder names. The ``source`` column is a keyed hash
+  too, unless ``--plain-paths`` asks for the path under SRC_DIR; reasons never hold the path.
+  Symbolic links are followed only while they stay inside SRC_DIR.
 - **The key** (UID remapping, pseudonyms, date shifts, hashes) is read from ``--key-file``,
   default ``$BIOMED_CACHE/deid.key``, created on first use. It is kept out of OUT_DIR on
   purpose: whoever holds it can link outputs back to their sources. Reusing it keeps mappings
@@ -16,10 +24,12 @@ convention) or, with ``--format dicom``, the de-identified DICOM. Each written i
 - **Checked first**: SRC_DIR, OUT_DIR (a folder, or a path where one can be created) and the
   key file (readable, or creatable) are checked before anything is written; a bad one is a
   one-line `InputError` naming the path, and no empty OUT_DIR is left behind.
-- **Resumable**: a rerun into the same OUT_DIR skips files whose image is in the manifest and on
-  disk, and retries the files that failed. Images are written to a temporary name and renamed,
-  and rows are appended after the image exists, so an interrupted run leaves nothing half done.
-  A rerun with different settings (size, format, VOI, dates, key...) is refused.
+- **Resumable, never twice**: a rerun into the same OUT_DIR skips files whose image is in the
+  manifest and on disk, and files recorded in ``errors.csv`` (``--retry-failed`` tries those
+  again). Images are written to a temporary name and renamed, rows are appended after the image
+  exists, and a torn last line is cut on load, so an interrupted run leaves nothing half done.
+  A rerun with different settings (size, format, VOI, dates, burned-in policy, key...) is
+  refused, and so is a second ingest into a folder that one is still writing.
 - **Speed**: processes, not threads (decoding holds the GIL); JPEG 2000 decodes only the wavelet
   levels the target size needs; stored values go through one lookup table; the resize reduces by
   an integer factor first (Pillow's ``reducing_gap``).
@@ -29,14 +39,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
-import json
-import multiprocessing
 import os
 import sys
 import time
 import warnings
-from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -45,25 +51,28 @@ import numpy as np
 from PIL import Image, PngImagePlugin
 
 from biomed.errors import ConfigError, InputError
-from biomed.imaging.core.pixels import to_uint16
+from biomed.imaging.core.pixels import check_image, to_uint16
 from biomed.imaging.dicom import deid as deid_mod
+from biomed.imaging.dicom.batch import StartedMarks, Task, cut_torn_tail, run_tasks
+from biomed.imaging.dicom.guard import DEFAULT_LIMITS, Limits, decoder_errors
+from biomed.imaging.dicom.outdir import (
+    ERROR_COLUMNS,
+    ERRORS,
+    IMAGES,
+    LOCK,
+    MANIFEST,
+    MANIFEST_COLUMNS,
+    STARTED,
+    Appender,
+    check_settings,
+    load_done,
+    load_failed,
+    out_dir_lock,
+)
 from biomed.imaging.dicom.read import ReadOptions, dataset_to_image, read_dataset
 from biomed.outpaths import check_creatable
 
-MANIFEST = "manifest.csv"
-ERRORS = "errors.csv"
-SETTINGS = "ingest.json"
-IMAGES = "images"
 PNG_COMPRESSION = 3  # zlib's fast strategy: within ~2% of level 6 on radiographs, much faster
-
-MANIFEST_COLUMNS = (
-    "id", "output", "source", "patient_id", "study_uid", "series_uid", "sop_uid", "modality",
-    "view_position", "laterality", "body_part", "photometric", "bits_stored", "rows", "columns",
-    "frames", "frame", "pixel_spacing", "spacing_source", "output_rows", "output_columns",
-    "output_pixel_spacing", "manufacturer", "transfer_syntax", "lossy", "voi", "color_converted",
-    "burned_in_annotation", "study_date", "patient_sex", "patient_age",
-)
-ERROR_COLUMNS = ("source", "reason")
 
 
 @dataclass(frozen=True)
@@ -77,7 +86,7 @@ class IngestSettings:
     convert_color: bool = False
     dates: str = "shift"
     keep_patient_characteristics: bool = False
-    hash_paths: bool = False
+    hash_paths: bool = True  # the `source` column: a keyed hash (True) or the path under SRC_DIR
 
     def __post_init__(self) -> None:
         if self.format not in ("png", "dicom"):
@@ -86,7 +95,7 @@ class IngestSettings:
             raise ConfigError(f"--size must be a positive number of pixels, not {self.size}")
         if self.size is not None and self.format == "dicom":
             raise ConfigError("--size applies to --format png; de-identified DICOM keeps the "
-                              "original pixels")
+                              "original image size")
         ReadOptions(voi=self.voi, frame=self.frame)  # validates
         deid_mod.DeidConfig(dates=self.dates)  # validates
 
@@ -101,13 +110,18 @@ class IngestSummary:
     burned_in: int
     seconds: float
     out_dir: str
+    failed_before: int = 0  # recorded in errors.csv by an earlier run, not tried again
+    crashed: int = 0  # of ``skipped``: files that killed their worker process
 
     def line(self) -> str:
         rate = self.written / self.seconds if self.seconds > 0 else 0.0
         burned = f", {self.burned_in} for burned-in annotation" if self.burned_in else ""
+        crashed = f", {self.crashed} crashed the decoder" if self.crashed else ""
         why = f" (reasons in {ERRORS})" if self.skipped else ""
+        before = (f"; {self.failed_before} failed in an earlier run (see {ERRORS}; "
+                  "--retry-failed tries them again)") if self.failed_before else ""
         return (f"ingest: {self.written} written, {self.already_done} already done, "
-                f"{self.skipped} skipped{burned}{why} in {self.seconds:.1f} s "
+                f"{self.skipped} skipped{burned}{crashed}{why}{before} in {self.seconds:.1f} s "
                 f"({rate:.1f} images/s) -> {self.out_dir}")
 
 
@@ -118,60 +132,82 @@ _WORKER: dict[str, Any] = {}
 
 
 def _init_worker(settings: IngestSettings, key: bytes, allow_burned_in: bool,
-                 out_dir: str) -> None:
+                 out_dir: str, limits: Limits = DEFAULT_LIMITS) -> None:
     config = deid_mod.DeidConfig(dates=settings.dates,
                                  keep_patient_characteristics=settings.keep_patient_characteristics,
                                  allow_burned_in=allow_burned_in)
     _WORKER.update(settings=settings, deid=deid_mod.Deidentifier(key, config),
-                   out=Path(out_dir))
+                   out=Path(out_dir), limits=limits)
 
 
 def _process(task: tuple[str, str, str, str]) -> dict[str, Any]:
-    """Ingest one file; returns a manifest row, or an error row (never raises)."""
+    """Ingest one file; returns a manifest row, an error row, or a fatal output-side error
+    (never raises but for Ctrl-C and exit)."""
     path, rel, source, image_id = task
+    base = {"id": image_id, "source": source}
     try:
         with warnings.catch_warnings():  # pydicom's: the reason says what matters, not stderr
             warnings.simplefilter("ignore")
-            return {"ok": True, "row": _ingest_one(Path(path), source, image_id)}
+            with decoder_errors(path, "cannot ingest"):
+                clean, decoded, img = _decode_one(Path(path))
+                try:
+                    return {"ok": True, "row": _write_one(clean, decoded, img, source, image_id)}
+                except OSError as e:  # OUT_DIR's problem (disk full...), not the file's
+                    return {"ok": False, "fatal": f"cannot write into OUT_DIR "
+                                                  f"({e.strerror or type(e).__name__})"}
     except deid_mod.BurnedInAnnotation as e:
-        return {"ok": False, "burned_in": True, "row": {"source": source,
-                                                        "reason": _clean(e.reason, path, rel)}}
+        return {"ok": False, "burned_in": True,
+                "row": {**base, "reason": clean_reason(e.reason, path, rel)}}
     except InputError as e:
-        return {"ok": False, "row": {"source": source, "reason": _clean(e.reason, path, rel)}}
-    except Exception as e:  # one bad file must not stop a batch: record it, go on
-        reason = f"unexpected error: {type(e).__name__}: {' '.join(str(e).split())}"
-        return {"ok": False, "row": {"source": source, "reason": _clean(reason, path, rel)[:500]}}
+        return {"ok": False, "row": {**base, "reason": clean_reason(e.reason, path, rel)}}
 
 
-def _clean(reason: str, path: str, rel: str) -> str:
-    """A reason without the file's path (paths may hold patient names)."""
-    return reason.replace(path, "<file>").replace(rel, "<file>")
+def clean_reason(reason: str, path: str, rel: str) -> str:
+    """A one-line reason without the file's path (paths may hold patient names)."""
+    for text in sorted({path, os.path.realpath(path), rel, Path(path).name}, key=len,
+                       reverse=True):
+        if text:
+            reason = reason.replace(text, "<file>")
+    reason = " ".join(reason.split())
+    return reason if len(reason) <= 500 else reason[:497] + "..."
 
 
-def _ingest_one(path: Path, source: str, image_id: str) -> dict[str, Any]:
+def _decode_one(path: Path) -> tuple[Any, Any, np.ndarray]:
+    """(de-identified dataset, decoded image, image to write), checked before anything is
+    written: a NaN, out-of-range or non-2-D image is an `InputError`, never a file."""
     settings: IngestSettings = _WORKER["settings"]
     deid: deid_mod.Deidentifier = _WORKER["deid"]
-    out: Path = _WORKER["out"]
-    ds = read_dataset(path)
-    clean = deid.deidentify(ds, path)  # before anything is written
+    limits: Limits = _WORKER["limits"]
+    ds = read_dataset(path, limits=limits)
+    # before anything is written; PNG writes only the decoded image, so the Pixel Data bytes
+    # need no re-encoding there (and JPEG 2000 may then decode at a reduced resolution)
+    clean = deid.deidentify(ds, path, pixels="copy" if settings.format == "png" else "reencode",
+                            limits=limits)
     options = ReadOptions(voi=settings.voi, frame=settings.frame,
                           color="convert" if settings.convert_color else "refuse",
-                          decode_size=settings.size if settings.format == "png" else None)
+                          decode_size=settings.size if settings.format == "png" else None,
+                          limits=limits)
     decoded = dataset_to_image(clean, path, options)  # also validates the pixels for dicom
+    img = check_image(np.asarray(decoded.image), str(path))
+    if settings.format == "png":
+        img = check_image(shrink(img, settings.size), str(path))
+    return clean, decoded, img
+
+
+def _write_one(clean: Any, decoded: Any, img: np.ndarray, source: str,
+               image_id: str) -> dict[str, Any]:
+    settings: IngestSettings = _WORKER["settings"]
+    out: Path = _WORKER["out"]
     meta = decoded.meta
     if settings.format == "png":
-        img = shrink(decoded.image, settings.size)
         rel_out = f"{IMAGES}/{image_id}.png"
         _write_png(out / rel_out, img, {
             "biomed:origin": "DICOM, de-identified (PS3.15 Annex E Basic Profile)",
             "biomed:id": image_id, "biomed:modality": meta.modality or "",
             "biomed:view": meta.view_position or "", "biomed:voi": meta.voi})
     else:
-        img = decoded.image
         rel_out = f"{IMAGES}/{image_id}.dcm"
-        tmp = out / IMAGES / f".{image_id}.dcm.tmp"
-        clean.save_as(tmp, enforce_file_format=True)
-        tmp.replace(out / rel_out)
+        _write_dicom(clean, decoded, out / rel_out)
     rows, cols = meta.rows or img.shape[0], meta.columns or img.shape[1]
     out_spacing = ""
     if meta.pixel_spacing is not None:  # spacing grows as the image shrinks
@@ -214,31 +250,85 @@ def _write_png(path: Path, img: np.ndarray, text: dict[str, str]) -> None:
     tmp.replace(path)
 
 
+def _write_dicom(clean: Any, decoded: Any, path: Path) -> None:
+    """The de-identified dataset as a DICOM file (temporary name, then renamed)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    clean.save_as(tmp, enforce_file_format=True)
+    tmp.replace(path)
+
+
 # ---------------------------------------------------------------------------------------------
 # the batch
 
 
-def find_files(src: Path, exclude: Path | None = None) -> list[Path]:
-    """Every regular file under ``src``, sorted; hidden files (``.DS_Store``...) are ignored."""
-    files = []
-    for root, dirs, names in os.walk(src):
-        rootp = Path(root)
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".")
-                         and (exclude is None or (rootp / d).resolve() != exclude))
-        files += [rootp / n for n in sorted(names) if not n.startswith(".")
-                  and (rootp / n).is_file()]
+def _inside(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
+
+
+def _resolve(p: Path) -> Path:
+    try:
+        return p.resolve()
+    except (OSError, RuntimeError):  # a cycle of links (RuntimeError before Python 3.13)
+        return p
+
+
+def find_files(src: Path, exclude: Path | None = None,
+               refused: list[tuple[Path, str]] | None = None) -> list[Path]:
+    """Every regular file under ``src``, each once, sorted per folder; hidden files
+    (``.DS_Store``...) are ignored. Symbolic links are followed only while they stay inside
+    ``src``: a link out of it or a broken one is left out (and added to ``refused`` with the
+    reason, when given); a folder reached twice (a link cycle) is walked once."""
+    root = Path(src).resolve()
+    seen_dirs: set[tuple[int, int]] = set()
+    seen_files: set[str] = set()
+    files: list[Path] = []
+
+    def refuse(p: Path, why: str) -> None:
+        if refused is not None:
+            refused.append((p, why))
+
+    for dirpath, dirs, names in os.walk(src, followlinks=True):
+        d = Path(dirpath)
+        st = os.stat(d)
+        if (st.st_dev, st.st_ino) in seen_dirs:
+            dirs[:] = []
+            continue
+        seen_dirs.add((st.st_dev, st.st_ino))
+        keep = []
+        for name in sorted(dirs):
+            p = d / name
+            if name.startswith(".") or (exclude is not None and _resolve(p) == exclude):
+                continue
+            if p.is_symlink() and not _inside(_resolve(p), root):
+                refuse(p, "a symbolic link to a folder outside SRC_DIR (not followed)")
+                continue
+            keep.append(name)
+        dirs[:] = keep
+        for name in sorted(names):
+            p = d / name
+            if name.startswith("."):
+                continue
+            if p.is_symlink() and not p.exists():
+                refuse(p, "a broken symbolic link (or a cycle of links)")
+                continue
+            real = _resolve(p)
+            if p.is_symlink() and not _inside(real, root):
+                refuse(p, "a symbolic link to a file outside SRC_DIR (not followed)")
+                continue
+            if not p.is_file() or str(real) in seen_files:
+                continue
+            seen_files.add(str(real))
+            files.append(p)
     return files
 
 
-def default_key_file() -> Path:
-    from biomed.sources import cache_dir
-
-    return cache_dir() / "deid.key"
+default_key_file = deid_mod.default_key_file  # $BIOMED_CACHE/deid.key (`keys.py`)
 
 
 def ingest(src_dir: str | Path, out_dir: str | Path, settings: IngestSettings | None = None, *,
            workers: int | None = None, allow_burned_in: bool = False,
-           key_file: str | Path | None = None, progress: bool | None = None) -> IngestSummary:
+           key_file: str | Path | None = None, progress: bool | None = None,
+           limits: Limits = DEFAULT_LIMITS, retry_failed: bool = False) -> IngestSummary:
     """De-identify and ingest every DICOM file under ``src_dir`` into ``out_dir``."""
     settings = settings or IngestSettings()
     t0 = time.perf_counter()
@@ -250,41 +340,98 @@ def ingest(src_dir: str | Path, out_dir: str | Path, settings: IngestSettings | 
     _check_out_dir(out)
     deid_mod.check_key_file(key_path)
     created = _make_out_dir(out)
-    try:
-        key = deid_mod.load_or_create_key(key_path)
-        hasher = deid_mod.Deidentifier(key)
-        _check_settings(out, settings, hasher.hash_text("key-fingerprint", 16))
-    except BaseException:
-        for folder in reversed(created):  # leave no empty OUT_DIR behind
-            with contextlib.suppress(OSError):
-                folder.rmdir()
-        raise
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(out_dir_lock(out))
+            key = deid_mod.load_or_create_key(key_path)
+            key_id = deid_mod.Deidentifier(key).hash_text("key-fingerprint", 16)
+            check_settings(out, {**asdict(settings), "allow_burned_in": allow_burned_in,
+                                 "key_id": key_id})
+        except BaseException:
+            held.close()
+            if created:  # leave no empty OUT_DIR behind
+                (out / LOCK).unlink(missing_ok=True)
+            for folder in reversed(created):
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+            raise
+        counts = _ingest_locked(src, out, settings, key, allow_burned_in, workers, progress,
+                                limits, retry_failed)
+    return IngestSummary(**counts, seconds=time.perf_counter() - t0, out_dir=str(out))
+
+
+def _ingest_locked(src: Path, out: Path, settings: IngestSettings, key: bytes,
+                   allow_burned_in: bool, workers: int | None, progress: bool | None,
+                   limits: Limits, retry_failed: bool) -> dict[str, int]:
+    """The run itself, with OUT_DIR locked and its settings checked."""
+    from tqdm import tqdm
+
+    hasher = deid_mod.Deidentifier(key)
     for tmp in (out / IMAGES).glob(".*.tmp"):  # left by an interrupted run
         tmp.unlink()
+    done = load_done(out)
+    failed = load_failed(out, retry=retry_failed)
+    marks = StartedMarks(out / STARTED)
+    cut_torn_tail(marks.path)
+    # started by an earlier run that died before recording any outcome: isolated first
+    unresolved = marks.read() - done - failed
+    marks.rewrite(sorted(unresolved))
+    skip = set() if retry_failed else failed
 
-    done = _load_done(out)
-    tasks, already = [], 0
-    for path in find_files(src, exclude=out.resolve()):
+    refused: list[tuple[Path, str]] = []
+    files = find_files(src, exclude=out.resolve(), refused=refused)
+    tasks: list[Task] = []
+    suspects: list[Task] = []
+    refused_rows: list[dict[str, str]] = []
+    counts = dict(written=0, already_done=0, skipped=0, burned_in=0, failed_before=0,
+                  crashed=0)
+    for path, why in [(p, "") for p in files] + refused:
         rel = path.relative_to(src).as_posix()
         image_id = hasher.hash_text("id:" + rel)
         if image_id in done:
-            already += 1
+            counts["already_done"] += 1
+            continue
+        if image_id in skip:
+            counts["failed_before"] += 1
             continue
         source = hasher.hash_text("path:" + rel) if settings.hash_paths else rel
-        tasks.append((str(path), rel, source, image_id))
+        if why:
+            refused_rows.append({"id": image_id, "source": source, "reason": why})
+            continue
+        task = Task(image_id, rel, (str(path), rel, source, image_id))
+        (suspects if image_id in unresolved else tasks).append(task)
 
-    written = skipped = burned = 0
-    with _appender(out / MANIFEST, MANIFEST_COLUMNS) as manifest, \
-            _appender(out / ERRORS, ERROR_COLUMNS, fresh=True) as errors:
-        for result in _run(tasks, settings, key, allow_burned_in, out, workers, progress):
-            if result["ok"]:
-                manifest.writerow(result["row"])
-                written += 1
-            else:
+    def crashed(task: Task, reason: str) -> dict[str, Any]:
+        _, _, source, image_id = task.args
+        return {"ok": False, "crashed": True,
+                "row": {"id": image_id, "source": source, "reason": reason}}
+
+    n_workers = max(1, workers or len(os.sched_getaffinity(0)))
+    bar = tqdm(total=len(tasks) + len(suspects), unit="file", desc="ingest", file=sys.stderr,
+               disable=None if progress is None else not progress)
+    with Appender(out / MANIFEST, MANIFEST_COLUMNS) as manifest, \
+            Appender(out / ERRORS, ERROR_COLUMNS) as errors:
+        for row in refused_rows:
+            errors.writerow(row)
+            counts["skipped"] += 1
+        try:
+            for result in run_tasks(tasks, _process, workers=n_workers, init=_init_worker,
+                                    initargs=(settings, key, allow_burned_in, str(out), limits),
+                                    marks=marks, crashed=crashed, suspects=suspects):
+                bar.update()
+                if result.get("fatal"):
+                    raise InputError(out, result["fatal"])
+                if result["ok"]:
+                    manifest.writerow(result["row"])
+                    counts["written"] += 1
+                    continue
                 errors.writerow(result["row"])
-                skipped += 1
-                burned += bool(result.get("burned_in"))
-    return IngestSummary(written, already, skipped, burned, time.perf_counter() - t0, str(out))
+                counts["skipped"] += 1
+                counts["burned_in"] += bool(result.get("burned_in"))
+                counts["crashed"] += bool(result.get("crashed"))
+        finally:
+            bar.close()
+    return counts
 
 
 def _check_out_dir(out: Path) -> None:
@@ -318,146 +465,11 @@ def _make_out_dir(out: Path) -> list[Path]:
     return created
 
 
-def _run(tasks: Sequence[tuple[str, str, str, str]], settings: IngestSettings, key: bytes,
-         allow_burned_in: bool, out: Path, workers: int | None,
-         progress: bool | None) -> Iterator[dict[str, Any]]:
-    from tqdm import tqdm
-
-    workers = max(1, workers or len(os.sched_getaffinity(0)))
-    initargs = (settings, key, allow_burned_in, str(out))
-    bar = tqdm(total=len(tasks), unit="file", desc="ingest", file=sys.stderr,
-               disable=None if progress is None else not progress)
-    try:
-        if workers == 1 or len(tasks) <= 1:
-            _init_worker(*initargs)
-            for task in tasks:
-                yield _process(task)
-                bar.update()
-            return
-        methods = multiprocessing.get_all_start_methods()
-        # forkserver: no fork of a process that may hold threads (torch, tqdm); cheap per worker
-        ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
-        with ctx.Pool(min(workers, len(tasks)), initializer=_init_worker,
-                      initargs=initargs) as pool:
-            for result in pool.imap_unordered(_process, tasks, chunksize=1):
-                yield result
-                bar.update()
-    finally:
-        bar.close()
-
-
-class _appender:
-    """A CSV file opened for appending rows (header written when new), flushed per row."""
-
-    def __init__(self, path: Path, columns: Sequence[str], fresh: bool = False):
-        self.path, self.columns, self.fresh = path, list(columns), fresh
-
-    def __enter__(self) -> _appender:
-        new = self.fresh or not self.path.exists() or self.path.stat().st_size == 0
-        self.f = open(self.path, "w" if new else "a", newline="", encoding="utf-8")
-        self.w = csv.DictWriter(self.f, fieldnames=self.columns, extrasaction="ignore")
-        if new:
-            self.w.writeheader()
-            self.f.flush()
-        return self
-
-    def writerow(self, row: dict[str, Any]) -> None:
-        self.w.writerow(row)
-        self.f.flush()
-
-    def __exit__(self, *exc) -> None:
-        self.f.close()
-
-
-def _load_done(out: Path) -> set[str]:
-    """Ids already ingested: in the manifest and on disk (rows whose file is gone are dropped)."""
-    path = out / MANIFEST
-    if not path.exists():
-        return set()
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        if reader.fieldnames and list(reader.fieldnames) != list(MANIFEST_COLUMNS):
-            raise InputError(path, "manifest columns differ from this version's; ingest into a "
-                             "new folder")
-        rows = list(reader)
-    keep = [r for r in rows if r.get("output") and (out / r["output"]).is_file()]
-    if len(keep) != len(rows):
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
-            w = csv.DictWriter(f, fieldnames=list(MANIFEST_COLUMNS))
-            w.writeheader()
-            w.writerows(keep)
-        tmp.replace(path)
-    return {r["id"] for r in keep}
-
-
-def _check_settings(out: Path, settings: IngestSettings, key_id: str) -> None:
-    path = out / SETTINGS
-    wanted = {**asdict(settings), "key_id": key_id}
-    if path.exists():
-        try:
-            have = json.loads(path.read_text())
-        except ValueError:
-            raise InputError(path, "unreadable ingest settings (not JSON)") from None
-        diff = [f"{k} {have.get(k)!r} (now {v!r})" for k, v in wanted.items() if have.get(k) != v]
-        if diff:
-            raise ConfigError(f"{out} was ingested with other settings: {'; '.join(diff)}; "
-                              "ingest into a new folder or use the same settings and key")
-        return
-    path.write_text(json.dumps(wanted, indent=2) + "\n")
-
-
-# ---------------------------------------------------------------------------------------------
-# inspect
-
-
-def inspect_files(paths: Sequence[str | Path], options: ReadOptions | None = None,
-                  header_only: bool = False) -> list[dict[str, Any]]:
-    """One record per file: ``ok``, ``error`` (the reason) and the technical metadata."""
-    from biomed.imaging.dicom.read import metadata
-
-    records = []
-    for path in paths:
-        rec: dict[str, Any] = {"path": str(path), "ok": True, "error": ""}
-        try:
-            with warnings.catch_warnings():  # pydicom's: one line per file, nothing else
-                warnings.simplefilter("ignore")
-                ds = read_dataset(path, stop_before_pixels=header_only)
-                meta = metadata(ds, path) if header_only else dataset_to_image(ds, path,
-                                                                              options).meta
-            rec.update({k: v for k, v in meta.to_dict().items()
-                        if k not in ("path", "study_uid", "series_uid", "sop_uid")})
-        except InputError as e:
-            rec.update(ok=False, error=e.reason)
-        records.append(rec)
-    return records
-
-
-def _inspect_line(rec: dict[str, Any]) -> str:
-    if not rec["ok"]:
-        return f"{rec['path']}: error: {rec['error']}"
-    parts = [rec["modality"] or "?", rec["view_position"],
-             f"{rec['rows']}x{rec['columns']}", rec["photometric"],
-             f"{rec['bits_stored']}-bit{' signed' if rec['signed'] else ''}",
-             rec["transfer_syntax"],
-             f"spacing {rec['pixel_spacing']} mm" if rec["pixel_spacing"] else "spacing unknown",
-             f"{rec['frames']} frames" if rec["frames"] != 1 else "", rec.get("voi", "")]
-    return f"{rec['path']}: ok " + ", ".join(p for p in parts if p)
-
-
-def _expand(paths: Sequence[str]) -> list[Path]:
-    files: list[Path] = []
-    for p in map(Path, paths):
-        files += find_files(p) if p.is_dir() else [p]
-    return files
-
-
 # ---------------------------------------------------------------------------------------------
 # the command
 
 
-def dicom_main(argv: list[str]) -> int:
-    """`biomed dicom inspect FILE... | ingest SRC_DIR OUT_DIR`."""
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="biomed dicom", description="Inspect DICOM files; de-identify (PS3.15 Annex E Basic "
         "Profile) and ingest a DICOM folder into the workbench's image convention.")
@@ -473,6 +485,13 @@ def dicom_main(argv: list[str]) -> int:
                        "mixes both needs no other setting")
         p.add_argument("--convert-color", action="store_true",
                        help="convert colour images to luma (default: refuse them)")
+        p.add_argument("--max-pixels", type=int, default=DEFAULT_LIMITS.max_pixels, metavar="N",
+                       help="refuse a file whose header declares more than N pixels (rows x "
+                       "columns x frames x samples), before decoding (default %(default)s)")
+        p.add_argument("--max-file-mb", type=float,
+                       default=DEFAULT_LIMITS.max_file_bytes / (1 << 20), metavar="MB",
+                       help="refuse a file (or a deflated dataset, once inflated) larger than "
+                       "MB mebibytes (default %(default)g)")
 
     p_in = sub.add_parser("inspect", help="one line per file: ok with shape, photometric and "
                           "bits, or the error; exit status 1 if any failed")
@@ -488,14 +507,20 @@ def dicom_main(argv: list[str]) -> int:
     p_ing.add_argument("out_dir", metavar="OUT_DIR")
     p_ing.add_argument("--format", choices=("png", "dicom"), default="png",
                        help="16-bit PNG in the workbench convention (default) or de-identified "
-                       "DICOM with the original pixels")
+                       "DICOM with the image re-encoded (native, or RLE Lossless for "
+                       "compressed input)")
     p_ing.add_argument("--size", type=int, default=None, metavar="N",
                        help="PNG: shrink so the longer side is N pixels (aspect kept)")
-    p_ing.add_argument("--hash-paths", action="store_true",
-                       help="write a keyed hash instead of the source path (folder names of "
-                       "PACS exports often hold patient names)")
+    paths = p_ing.add_mutually_exclusive_group()
+    paths.add_argument("--plain-paths", action="store_true",
+                       help="write the path under SRC_DIR in the source column (default: a "
+                       "keyed hash; folder names of PACS exports often hold patient names)")
+    paths.add_argument("--hash-paths", action="store_true",
+                       help="a keyed hash in the source column (the default)")
     p_ing.add_argument("--workers", type=int, default=None, metavar="N",
-                       help="processes (default: all cores)")
+                       help="processes (default: all cores; 1: decode in this process)")
+    p_ing.add_argument("--retry-failed", action="store_true",
+                       help="try again the files that errors.csv lists (a rerun skips them)")
     p_ing.add_argument("--allow-burned-in", action="store_true",
                        help="also ingest images whose Burned In Annotation is YES (their pixels "
                        "may show names; they are kept out by default)")
@@ -509,43 +534,48 @@ def dicom_main(argv: list[str]) -> int:
                        "(default $BIOMED_CACHE/deid.key, created on first use; keep it private)")
     p_ing.add_argument("--no-progress", action="store_true", help="no progress bar")
     read_flags(p_ing)
-    args = parser.parse_args(argv)
+    return parser
 
+
+def _expand(paths: list[str]) -> list[Path]:
+    files: list[Path] = []
+    for p in map(Path, paths):
+        files += find_files(p) if p.is_dir() else [p]
+    return files
+
+
+def dicom_main(argv: list[str]) -> int:
+    """`biomed dicom inspect FILE... | ingest SRC_DIR OUT_DIR`."""
+    from biomed.imaging.dicom.inspect import inspect_main
+
+    args = _parser().parse_args(argv)
     try:
+        limits = Limits(max_file_bytes=max(1, int(args.max_file_mb * (1 << 20))),
+                        max_pixels=args.max_pixels)
         options = ReadOptions(voi=args.voi, frame=args.frame,
-                              color="convert" if args.convert_color else "refuse")
+                              color="convert" if args.convert_color else "refuse", limits=limits)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     if args.action == "inspect":
-        files = _expand(args.files)
-        if not files:  # only folders were given, and they hold no (visible) file
-            print(f"error: no files to inspect in {', '.join(args.files)} (empty folder; "
-                  "hidden files are ignored)", file=sys.stderr)
-            return 1
-        records = inspect_files(files, options, header_only=args.header_only)
-        if args.json:
-            print(json.dumps(records, indent=2))
-        else:
-            for rec in records:
-                print(_inspect_line(rec))
-        return 1 if any(not r["ok"] for r in records) else 0
-
+        return inspect_main(_expand(args.files), args.files, options, args.header_only,
+                            args.json)
     try:
         settings = IngestSettings(format=args.format, size=args.size, voi=args.voi,
                                   frame=args.frame, convert_color=args.convert_color,
                                   dates=args.dates,
                                   keep_patient_characteristics=args.keep_patient_characteristics,
-                                  hash_paths=args.hash_paths)
+                                  hash_paths=not args.plain_paths)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers must be >= 1, not {args.workers}")
     summary = ingest(args.src_dir, args.out_dir, settings, workers=args.workers,
                      allow_burned_in=args.allow_burned_in, key_file=args.key_file,
-                     progress=False if args.no_progress else None)
+                     progress=False if args.no_progress else None, limits=limits,
+                     retry_failed=args.retry_failed)
     print(summary.line())
     return 0
 
 
-__all__ = ["IngestSettings", "IngestSummary", "dicom_main", "find_files", "ingest",
-           "inspect_files", "shrink"]
+__all__ = ["ERROR_COLUMNS", "MANIFEST_COLUMNS", "IngestSettings", "IngestSummary",
+           "clean_reason", "dicom_main", "find_files", "ingest", "shrink"]

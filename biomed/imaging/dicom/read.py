@@ -53,6 +53,15 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 
 from biomed.errors import InputError
+from biomed.imaging.dicom.guard import (
+    DEFAULT_LIMITS,
+    DEFLATED,
+    Limits,
+    check_deflated_size,
+    check_file_size,
+    check_pixel_count,
+    decoder_errors,
+)
 
 VoiMode = Literal["file", "full", "minmax"]
 
@@ -74,6 +83,8 @@ class ReadOptions:
     # JPEG 2000 may decode at a lower resolution: int N keeps the longer side >= N (for a
     # caller that shrinks with the aspect kept); (rows, columns) keeps each side >= its value
     decode_size: int | tuple[int, int] | None = None
+    # file size and pixel-count caps checked before decoding (`biomed.imaging.dicom.guard`)
+    limits: Limits = DEFAULT_LIMITS
 
     def __post_init__(self) -> None:
         if self.voi not in ("file", "full", "minmax"):
@@ -149,12 +160,14 @@ class DicomImage:
 # reading the file
 
 
-def read_dataset(path: str | Path, *, stop_before_pixels: bool = False) -> Dataset:
+def read_dataset(path: str | Path, *, stop_before_pixels: bool = False,
+                 limits: Limits = DEFAULT_LIMITS) -> Dataset:
     """Parse a DICOM file, with one-line typed errors for files that are not usable DICOM.
 
     Accepts Part 10 files (preamble + ``DICM``) and, as PACS exports sometimes hold, bare
     datasets without the file meta header (their transfer syntax is then inferred). Raises
-    `InputError` for a missing, empty, non-DICOM or truncated file.
+    `InputError` for a missing, empty, non-DICOM, truncated or malformed file, one over
+    ``limits``, and for any failure of the parser (`guard.decoder_errors`).
     """
     p = Path(path)
     if not p.exists():
@@ -164,6 +177,7 @@ def read_dataset(path: str | Path, *, stop_before_pixels: bool = False) -> Datas
     size = p.stat().st_size
     if size == 0:
         raise InputError(p, "empty file (0 bytes)")
+    check_file_size(p, size, limits)
     with open(p, "rb") as f:
         head = f.read(132)
     part10 = len(head) == 132 and head[128:132] == b"DICM"
@@ -174,7 +188,10 @@ def read_dataset(path: str | Path, *, stop_before_pixels: bool = False) -> Datas
                              "DICOM preamble")
         raise InputError(p, "not a DICOM file (no 'DICM' marker at byte 128 and no "
                          "recognisable dataset)")
-    ds, caught = _dcmread(p, bare, stop_before_pixels)
+    if part10:
+        _check_deflate(p, limits)
+    with decoder_errors(p, "truncated or corrupt header"):
+        ds, caught = _dcmread(p, bare, stop_before_pixels)
     if bare:
         _check_bare(ds, p)
     if len(ds) == 0:
@@ -201,6 +218,35 @@ def _dcmread(p: Path, bare: bool, stop_before_pixels: bool) -> tuple[Dataset, tu
         except (EOFError, struct.error, OSError, ValueError, KeyError, IndexError) as e:
             raise InputError(p, f"truncated or corrupt header ({_one_line(e)})") from None
     return ds, tuple(dict.fromkeys(_one_line(w.message) for w in caught))
+
+
+def _check_deflate(p: Path, limits: Limits) -> None:
+    """A Deflated Explicit VR dataset is inflated in a capped stream before pydicom inflates it."""
+    with decoder_errors(p, "corrupt file meta header"):
+        offset, syntax = _file_meta_end(p)
+        if syntax == DEFLATED:
+            check_deflated_size(p, offset, limits)
+
+
+def _file_meta_end(p: Path) -> tuple[int, str]:
+    """(offset of the dataset after the group 0002 file meta, its Transfer Syntax UID), read
+    element by element (explicit VR little endian, PS3.10 7.1) without parsing the dataset."""
+    long_vrs = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT"}
+    syntax = ""
+    with open(p, "rb") as f:
+        f.seek(132)
+        while len(head := f.read(8)) == 8:
+            group, elem = struct.unpack("<HH", head[:4])
+            if group != 0x0002:
+                return f.tell() - 8, syntax
+            vr = head[4:6]
+            length = (struct.unpack("<I", f.read(4))[0] if vr in long_vrs
+                      else struct.unpack("<H", head[6:8])[0])
+            if elem == 0x0010:  # (0002,0010) Transfer Syntax UID
+                syntax = f.read(length).decode("ascii", "replace").strip("\0 ")
+            else:
+                f.seek(length, 1)
+        return f.tell(), syntax
 
 
 def _explain_empty_dataset(p: Path, bare: bool, stop_before_pixels: bool) -> None:
@@ -378,16 +424,30 @@ class _Pixels:
 
 def read_dicom(path: str | Path, options: ReadOptions | None = None) -> DicomImage:
     """Read a DICOM file into the workbench convention (2-D float32 in [0, 1], lungs dark)."""
-    ds = read_dataset(path)
+    options = options or ReadOptions()
+    ds = read_dataset(path, limits=options.limits)
     return dataset_to_image(ds, path, options)
 
 
 def dataset_to_image(ds: Dataset, path: str | Path = "<dataset>",
                      options: ReadOptions | None = None) -> DicomImage:
-    """Decode a parsed dataset's pixels through modality LUT, VOI and MONOCHROME1 inversion."""
+    """Decode a parsed dataset's pixels through modality LUT, VOI and MONOCHROME1 inversion.
+
+    Any failure of a decoder or of a malformed field becomes a one-line `InputError` naming
+    ``path`` (`guard.decoder_errors`); so does an image that is not finite after the transform.
+    """
     options = options or ReadOptions()
+    with decoder_errors(path, "cannot decode"):
+        result = _dataset_to_image(ds, path, options)
+    if not np.isfinite(result.image).all():
+        raise InputError(path, "the decoded image holds NaN or infinite values (check Rescale "
+                         "Slope/Intercept and the LUTs)")
+    return result
+
+
+def _dataset_to_image(ds: Dataset, path: str | Path, options: ReadOptions) -> DicomImage:
     meta = metadata(ds, path)
-    px = _pixel_description(ds, path)
+    px = _pixel_description(ds, path, options.limits)
     frame = _choose_frame(px, path, options)
     notes: list[str] = []
     warned = [f"pydicom: {w}" for w in getattr(ds, "_biomed_read_warnings", ())]
@@ -411,7 +471,8 @@ def dataset_to_image(ds: Dataset, path: str | Path = "<dataset>",
     return DicomImage(image=image, meta=meta, notes=tuple(notes))
 
 
-def _pixel_description(ds: Dataset, path: str | Path) -> _Pixels:
+def _pixel_description(ds: Dataset, path: str | Path,
+                       limits: Limits = DEFAULT_LIMITS) -> _Pixels:
     """The Image Pixel module, checked before any decoding (PS3.3 C.7.6.3)."""
     if "PixelData" not in ds:
         if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
@@ -437,13 +498,31 @@ def _pixel_description(ds: Dataset, path: str | Path) -> _Pixels:
         raise InputError(path, f"invalid bit depth: Bits Allocated {alloc}, Bits Stored {stored}")
     if photometric not in _GRAY | _COLOUR:
         raise InputError(path, f"unsupported Photometric Interpretation {photometric!r}")
+    check_pixel_count(path, rows, cols, frames, samples, limits)
     syntax = _transfer_syntax_uid(ds)
     _check_syntax(syntax, path)
     px = _Pixels(rows, cols, frames, samples, photometric, alloc, stored,
                  _int(ds, "PixelRepresentation") == 1, syntax)
     if not dcm_uid.UID(syntax).is_encapsulated:
         _check_native_length(ds, px, path)
+    elif syntax in _J2K_SYNTAXES:
+        _check_j2k_size(ds, px, path, limits)
     return px
+
+
+def _check_j2k_size(ds: Dataset, px: _Pixels, path: str | Path, limits: Limits) -> None:
+    """A JPEG 2000 codestream states its own size, which a hostile file sets far beyond the
+    header's Rows x Columns: checked before OpenJPEG allocates it."""
+    from pydicom.encaps import generate_frames
+
+    try:
+        frame = next(generate_frames(ds.PixelData, number_of_frames=px.frames))
+    except Exception:
+        return  # the decoder reports an unreadable stream
+    if frame[:4] == b"\xff\x4f\xff\x51" and len(frame) >= 24:  # SOC SIZ
+        xsiz, ysiz, xo, yo = struct.unpack(">IIII", frame[8:24])
+        check_pixel_count(path, ysiz - yo, xsiz - xo, 1, px.samples, limits,
+                          where="the JPEG 2000 codestream")
 
 
 def _check_syntax(syntax: str, path: str | Path) -> None:
@@ -688,9 +767,16 @@ def _modality(ds: Dataset, values: np.ndarray, lo: int) -> np.ndarray:
         intercept = float(ds.get("RescaleIntercept", 0) or 0)
     except (TypeError, ValueError):
         slope, intercept = 1.0, 0.0
+    if not (math.isfinite(slope) and math.isfinite(intercept)):
+        raise ValueError(f"Rescale Slope {slope:g} / Intercept {intercept:g} is not finite")
     if slope == 1.0 and intercept == 0.0:
         return values
-    return values * slope + intercept
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = values * slope + intercept
+    if not np.isfinite(out).all():
+        raise ValueError(f"Rescale Slope {slope:g} / Intercept {intercept:g} overflow the "
+                         "stored values")
+    return out
 
 
 def _file_voi(ds: Dataset, m: np.ndarray) -> tuple[np.ndarray, str] | None:

@@ -2,9 +2,17 @@
 
 A generated chest X-ray is written as a Secondary Capture object (PS3.3 A.8) with the marks the
 standard has for this: Image Type ``DERIVED\\SECONDARY`` (PS3.3 C.7.6.1.1.2), Conversion Type
-``SYN`` (synthetic image, PS3.3 C.8.6.1), a Derivation Description naming the model and the
-sha256 of the prompt (never the prompt text, which may quote a real report), Burned In
+``SYN`` (synthetic image, PS3.3 C.8.6.1), a Derivation Description naming the model and a salted
+hash of the prompt (never the prompt text, which may quote a real report), Burned In
 Annotation ``NO``, fresh UIDs, and a patient that is plainly not one (``SYNTHETIC^NOT A PATIENT``).
+
+The prompt policy (`PROMPT_POLICIES`) says what every output of a synthetic image records of its
+prompt (PNG text chunks, manifest lines; `prompt_provenance`): ``text``, the prompt itself, for a
+prompt a user typed or public text (the IU reports); ``hash``, an HMAC-SHA256 under a secret
+salt, for prompts taken from a restricted dataset (MIMIC-CXR reports may not be redistributed).
+The salt is secret because a plain or publicly salted hash of a short templated prompt
+("Small left pleural effusion.") is guessed back by hashing the candidates; whoever holds the
+salt can still check which prompt made an image. DICOM always records the hash.
 
 Pixels are stored as 16-bit MONOCHROME2, ``round(x * 65535)`` like the workbench's 16-bit PNGs,
 with the identity window 32768/65536 (PS3.3 C.11.2.1.2: ``y = x / 65535`` exactly), so that the
@@ -15,28 +23,58 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import hmac
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pydicom import uid as dcm_uid
 from pydicom.dataset import FileDataset, FileMetaDataset
 
+from biomed.errors import ConfigError
 from biomed.imaging.core.pixels import check_image, to_uint16
 
 SYNTHETIC_PATIENT = "SYNTHETIC^NOT A PATIENT"
+PROMPT_POLICIES = ("text", "hash")
+MIN_SALT_BYTES = 16
 
 
-def prompt_hash(prompt: str) -> str:
-    """The sha256 (hex) of a prompt, as recorded in Derivation Description."""
-    return hashlib.sha256(prompt.encode("utf-8")).hexdigest()
+def check_prompt_policy(policy: str) -> str:
+    """``policy`` when it is one of `PROMPT_POLICIES`, else a `ConfigError`."""
+    if policy not in PROMPT_POLICIES:
+        raise ConfigError(f"prompt_policy={policy!r}: one of {', '.join(PROMPT_POLICIES)} "
+                          "(text: record the prompt; hash: a salted hash of it, for prompts "
+                          "from restricted datasets)")
+    return policy
 
 
-def synthetic_dataset(img: np.ndarray, *, model_id: str, prompt: str, seed: int | None = None,
-                      steps: int | None = None, guidance: float | None = None,
-                      view_position: str = "PA",
+def prompt_hash(prompt: str, salt: bytes) -> str:
+    """``hmac-sha256:<hex>`` of a prompt under a secret salt (>= 16 bytes)."""
+    if not isinstance(salt, bytes | bytearray) or len(salt) < MIN_SALT_BYTES:
+        raise ConfigError(f"a prompt hash needs a secret salt of {MIN_SALT_BYTES} or more bytes")
+    mac = hmac.new(bytes(salt), b"prompt\0" + prompt.encode("utf-8"), hashlib.sha256)
+    return "hmac-sha256:" + mac.hexdigest()
+
+
+def prompt_provenance(prompt: str, policy: str, salt: bytes | None = None) -> dict[str, Any]:
+    """What a synthetic image's provenance records of its prompt under ``policy``:
+    ``{"prompt_policy": "text", "prompt": ...}`` or ``{"prompt_policy": "hash", "prompt_hash":
+    ...}`` (the hash needs ``salt``)."""
+    if check_prompt_policy(policy) == "text":
+        return {"prompt_policy": "text", "prompt": prompt}
+    if salt is None:
+        raise ConfigError("prompt_policy=hash needs a secret salt (the de-identification key)")
+    return {"prompt_policy": "hash", "prompt_hash": prompt_hash(prompt, salt)}
+
+
+def synthetic_dataset(img: np.ndarray, *, model_id: str, prompt: str, salt: bytes,
+                      seed: int | None = None, steps: int | None = None,
+                      guidance: float | None = None, view_position: str = "PA",
                       pixel_spacing: tuple[float, float] | None = None) -> FileDataset:
-    """A Secondary Capture dataset holding a synthetic image (2-D float in [0, 1], lungs dark)."""
+    """A Secondary Capture dataset holding a synthetic image (2-D float in [0, 1], lungs dark);
+    the prompt is recorded as its hash under the secret ``salt`` (`prompt_hash`)."""
     img = check_image(img, "synthetic image")
+    digest = prompt_hash(prompt, salt)
     now = dt.datetime.now()
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = dcm_uid.SecondaryCaptureImageStorage
@@ -58,7 +96,8 @@ def synthetic_dataset(img: np.ndarray, *, model_id: str, prompt: str, seed: int 
     ds.Manufacturer = "biomed (synthetic)"
     ds.StudyDescription = ds.SeriesDescription = "SYNTHETIC IMAGE - not a patient"
     ds.PatientName = SYNTHETIC_PATIENT
-    ds.PatientID = "SYNTHETIC-" + prompt_hash(f"{model_id}\0{prompt}\0{seed}")[:12].upper()
+    ds.PatientID = "SYNTHETIC-" + hashlib.sha256(
+        f"{model_id}\0{digest}\0{seed}".encode()).hexdigest()[:12].upper()
     ds.PatientBirthDate = ds.PatientSex = ds.AccessionNumber = ds.StudyID = ""
     ds.ReferringPhysicianName = ""
     ds.SeriesNumber = ds.InstanceNumber = 1
@@ -66,7 +105,7 @@ def synthetic_dataset(img: np.ndarray, *, model_id: str, prompt: str, seed: int 
     ds.PatientOrientation = ""
     ds.BurnedInAnnotation = "NO"
     ds.RecognizableVisualFeatures = "NO"
-    ds.DerivationDescription = derivation_description(model_id, prompt, seed, steps, guidance)
+    ds.DerivationDescription = derivation_description(model_id, digest, seed, steps, guidance)
     ds.LossyImageCompression = "00"
 
     ds.SamplesPerPixel = 1
@@ -83,24 +122,23 @@ def synthetic_dataset(img: np.ndarray, *, model_id: str, prompt: str, seed: int 
     return ds
 
 
-def derivation_description(model_id: str, prompt: str, seed: int | None = None,
+def derivation_description(model_id: str, prompt_digest: str, seed: int | None = None,
                            steps: int | None = None, guidance: float | None = None) -> str:
     """Derivation Description (ST, at most 1024 characters): model, prompt hash, sampling."""
-    parts = [f"SYNTHETIC image generated by model {model_id}",
-             f"prompt sha256 {prompt_hash(prompt)}"]
+    parts = [f"SYNTHETIC image generated by model {model_id}", f"prompt {prompt_digest}"]
     parts += [f"{k} {v}" for k, v in (("seed", seed), ("steps", steps), ("guidance", guidance))
               if v is not None]
     return "; ".join(parts)[:1024]
 
 
 def write_synthetic_dicom(path: str | Path, img: np.ndarray, *, model_id: str, prompt: str,
-                          seed: int | None = None, steps: int | None = None,
+                          salt: bytes, seed: int | None = None, steps: int | None = None,
                           guidance: float | None = None, view_position: str = "PA",
                           pixel_spacing: tuple[float, float] | None = None) -> Path:
     """Write a synthetic image as a DICOM file (written to a temporary name, then renamed)."""
     path = Path(path)
-    ds = synthetic_dataset(img, model_id=model_id, prompt=prompt, seed=seed, steps=steps,
-                           guidance=guidance, view_position=view_position,
+    ds = synthetic_dataset(img, model_id=model_id, prompt=prompt, salt=salt, seed=seed,
+                           steps=steps, guidance=guidance, view_position=view_position,
                            pixel_spacing=pixel_spacing)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")

@@ -17,6 +17,18 @@ noise (see :func:`noise_scores`); the manifest records it and ``metrics.json`` c
 
 Seeds: image ``k`` of prompt ``p`` gets its own seed from ``(seed, p, k)`` (:func:`image_seed`)
 and its own generator, so any image can be regenerated alone from its manifest line.
+
+Prompts in provenance follow the prompt policy (`biomed.imaging.dicom.write.PROMPT_POLICIES`):
+``text`` records the prompt, ``hash`` a hash of it under the secret de-identification key
+(for prompts from restricted datasets: MIMIC-CXR reports may not be redistributed). ``biomed
+generate`` takes ``prompt_policy``, by default ``text`` for a typed ``prompt`` and ``hash`` for
+a ``prompts_file``; a loop over a dataset takes its data config's ``prompt_policy``. Provenance
+names the model by folder name and weights hash, never by path.
+
+The contract other parts consume is :class:`Generator` (prompts and seeds -> gray float32 images
+in [0, 1] with divergence flags, an ``id`` to cache them by, and each image's provenance);
+:class:`PipelineGenerator` is the one over a saved pipeline folder, and the command below samples
+through it. Loading the folder is `biomed.imaging.diffusion.pipeline.load_pipeline`.
 """
 
 from __future__ import annotations
@@ -29,9 +41,10 @@ import logging
 import re
 import time
 import warnings
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -41,7 +54,8 @@ from biomed import runs
 from biomed.errors import ConfigError, InputError
 from biomed.hydra_app import hydra_app
 from biomed.imaging.core.pixels import image_grid
-from biomed.imaging.diffusion.model import resolve_pipeline_dir
+from biomed.imaging.dicom.write import check_prompt_policy, prompt_provenance
+from biomed.imaging.diffusion.pipeline import LoadedPipeline, load_pipeline, resolve_pipeline_dir
 
 SCHEDULERS = ("dpmpp", "ddim", "ddpm")
 LATENT_CLIP = 4.0  # in latent standard deviations: beyond 99.99 % of a unit Gaussian
@@ -60,94 +74,6 @@ _AMPLITUDE = 0.02  # images with a smaller standard deviation (in [0, 1] units) 
 # Loading
 
 
-def pick_device(name: str | None) -> torch.device:
-    if name in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if str(name).startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("device=cuda but no CUDA device is visible")
-    return torch.device(str(name))
-
-
-def pick_dtype(name: str | None, device: torch.device) -> torch.dtype:
-    if name in (None, "auto"):
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    try:
-        return {"float32": torch.float32, "bfloat16": torch.bfloat16,
-                "float16": torch.float16}[str(name)]
-    except KeyError:
-        raise ConfigError(f"dtype {name!r}: auto, float32, bfloat16 or float16") from None
-
-
-def weights_sha256(folder: Path) -> str:
-    """One sha256 over the pipeline's weight files (UNet, text encoder, VAE): the model's id."""
-    digest = hashlib.sha256()
-    files = sorted(p for sub in ("unet", "text_encoder", "vae") for p in (folder / sub).glob("*")
-                   if p.suffix in (".safetensors", ".bin"))
-    for p in files:
-        h = hashlib.sha256()
-        with p.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 22), b""):
-                h.update(block)
-        digest.update(f"{p.relative_to(folder).as_posix()}\0{h.hexdigest()}\n".encode())
-    return digest.hexdigest()
-
-
-def model_id_of(folder: Path) -> str:
-    """``<pipeline path> [preset <name>] weights-sha256:<16 hex>``: where the weights live, the
-    train-diffusion preset recorded in ``biomed.json`` when there is one, and what they are."""
-    parts = [str(folder)]
-    try:
-        preset = json.loads((folder / "biomed.json").read_text()).get("preset")
-    except (OSError, ValueError, AttributeError):
-        preset = None
-    if preset:
-        parts.append(f"preset {preset}")
-    parts.append(f"weights-sha256:{weights_sha256(folder)[:16]}")
-    return " ".join(parts)
-
-
-@dataclass
-class LoadedPipeline:
-    """A loaded pipeline, where it came from, and the scheduler config it was saved with."""
-
-    pipe: Any  # diffusers.StableDiffusionPipeline
-    folder: Path | None
-    model_id: str
-    scheduler_config: dict = field(default_factory=dict)
-
-
-def load_pipeline(model_dir: str | Path, device: str | None = None,
-                  dtype: str | None = None) -> LoadedPipeline:
-    """Load (once per folder, device and dtype: cached) a saved pipeline for sampling."""
-    folder = resolve_pipeline_dir(model_dir).resolve()
-    dev = pick_device(device)
-    stamp = max((p.stat().st_mtime_ns for p in folder.glob("*/*") if p.is_file()), default=0)
-    return _load_cached(str(folder), str(dev), pick_dtype(dtype, dev), stamp)
-
-
-@functools.lru_cache(maxsize=2)
-def _load_cached(folder: str, device: str, dtype: torch.dtype, _stamp: int) -> LoadedPipeline:
-    from diffusers import StableDiffusionPipeline
-
-    try:
-        pipe = StableDiffusionPipeline.from_pretrained(
-            folder, dtype=dtype, safety_checker=None, feature_extractor=None,
-            requires_safety_checker=False)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError,
-            json.JSONDecodeError) as e:
-        reason = " ".join(str(e).split())[:300]
-        raise InputError(folder, f"cannot load it as a StableDiffusionPipeline ({reason})") \
-            from None
-    missing = [n for n in ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
-               if getattr(pipe, n, None) is None]
-    if missing:
-        raise InputError(folder, f"pipeline lacks {', '.join(missing)}")
-    pipe = pipe.to(device)
-    pipe.set_progress_bar_config(disable=True)
-    return LoadedPipeline(pipe, Path(folder), model_id_of(Path(folder)),
-                          dict(pipe.scheduler.config))
-
-
 def _as_loaded(pipe_or_dir: Any, device: str | None) -> LoadedPipeline:
     if isinstance(pipe_or_dir, LoadedPipeline):
         return pipe_or_dir
@@ -157,8 +83,8 @@ def _as_loaded(pipe_or_dir: Any, device: str | None) -> LoadedPipeline:
     cfg = getattr(pipe, "_biomed_scheduler_config", None)
     if cfg is None:  # remember the original: make_scheduler replaces pipe.scheduler
         cfg = pipe._biomed_scheduler_config = dict(pipe.scheduler.config)
-    name = getattr(pipe, "name_or_path", None) or type(pipe).__name__
-    return LoadedPipeline(pipe, None, f"{name} (in memory)", cfg)
+    name = Path(str(getattr(pipe, "name_or_path", None) or "")).name or type(pipe).__name__
+    return LoadedPipeline(pipe, None, f"{name} (in memory)", cfg)  # a name, never a path
 
 
 # ---------------------------------------------------------------------------------------------
@@ -363,6 +289,90 @@ def _warn_truncated(tokenizer, prompts: list[str]) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+# The generator contract
+
+
+@runtime_checkable
+class Generator(Protocol):
+    """What makes synthetic images for evaluate-generation and the augmentation loop.
+
+    ``generator(prompts, seeds)`` returns one image per (prompt, seed) pair as `Samples`: images
+    N x H x W, float32 in [0, 1], single channel (the workbench's pixel convention), and a
+    diverged flag per image. The same (prompt, seed) gives the same image on the same device and
+    dtype, so ``id`` keys a cache of images: it changes whenever the weights or the sampling
+    settings do. ``provenance(prompt, seed)`` is what goes beside each image (manifest line,
+    PNG text chunks, DICOM): model id (no path), the prompt or its salted hash (by the prompt
+    policy), seed and the sampler's settings.
+    """
+
+    id: str
+
+    def __call__(self, prompts: list[str], seeds: list[int]) -> Samples: ...
+
+    def provenance(self, prompt: str, seed: int) -> dict[str, Any]: ...
+
+
+class PipelineGenerator:
+    """A `Generator` over a saved pipeline folder (a train-diffusion run folder or its
+    ``pipeline/``), loaded once, sampled with fixed ``sampler`` settings (the ``sampler`` node of
+    ``conf/evaluate_generation.yaml``: scheduler, steps, guidance, batch_size, latent_clip,
+    dtype; missing keys take `generate_images`' defaults, batch_size 16).
+
+    ``id``: sha256 (20 hex) of the weights' sha256, the settings that change the images
+    (scheduler, steps, guidance, latent_clip) and the dtype and device type they were computed
+    in. ``model_id``: the readable id the manifests and PNG chunks record. ``truncated``: the
+    distinct prompts seen so far that were longer than the tokenizer's ``max_tokens``.
+    ``prompt_policy``: ``text`` or ``hash`` (the data config's; ``hash`` needs ``salt``, the
+    secret de-identification key), what `provenance` records of each prompt.
+    """
+
+    def __init__(self, model_dir: str | Path, sampler: Mapping[str, Any] | None = None,
+                 device: str | torch.device | None = None, *, prompt_policy: str = "text",
+                 salt: bytes | None = None):
+        self.prompt_policy = check_prompt_policy(prompt_policy)
+        if prompt_policy == "hash" and salt is None:
+            raise ConfigError("prompt_policy=hash needs a salt (the de-identification key)")
+        self.salt = salt
+        self.sampler = dict(sampler or {})
+        s = self.sampler
+        self.scheduler = str(s.get("scheduler", "dpmpp"))
+        self.steps = int(s.get("steps", 20))
+        self.guidance = float(s.get("guidance", 4.0))
+        self.batch_size = int(s.get("batch_size", 16))
+        self.latent_clip = s.get("latent_clip", LATENT_CLIP)
+        self.loaded = load_pipeline(model_dir, None if device is None else str(device),
+                                    s.get("dtype"))
+        self.model_id = self.loaded.model_id
+        self.max_tokens = int(self.loaded.pipe.tokenizer.model_max_length)
+        self.truncated: set[str] = set()  # distinct prompts longer than the tokenizer's limit
+        pipe = self.loaded.pipe
+        key = {"weights": self.loaded.weights_sha256, "scheduler": self.scheduler,
+               "steps": self.steps, "guidance": self.guidance, "latent_clip": self.latent_clip,
+               "dtype": str(pipe.unet.dtype), "device": pipe.unet.device.type}
+        self.id = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+
+    def __call__(self, prompts: list[str], seeds: list[int]) -> Samples:
+        tokenizer = self.loaded.pipe.tokenizer
+        self.truncated.update(p for p in dict.fromkeys(prompts)
+                              if p not in self.truncated and count_truncated(tokenizer, [p]))
+        return generate_images(self.loaded, prompts, seeds, scheduler=self.scheduler,
+                               steps=self.steps, guidance=self.guidance,
+                               batch_size=self.batch_size, latent_clip=self.latent_clip)
+
+    def raw(self, prompts: list[str], seeds: list[int]) -> np.ndarray:
+        """One batch, decoded but not finished: N x H x W on the [0, 1] scale, unclipped, maybe
+        non-finite (for callers that flag divergence over more than one batch)."""
+        return sample_batch(self.loaded, prompts, seeds, scheduler=self.scheduler,
+                            steps=self.steps, guidance=self.guidance,
+                            latent_clip=self.latent_clip)
+
+    def provenance(self, prompt: str, seed: int) -> dict[str, Any]:
+        return {**prompt_provenance(prompt, self.prompt_policy, self.salt), "seed": int(seed),
+                "steps": self.steps, "guidance": self.guidance, "scheduler": self.scheduler,
+                "model_id": self.model_id}
+
+
+# ---------------------------------------------------------------------------------------------
 # Prompts
 
 
@@ -424,20 +434,24 @@ def read_prompts(prompt: str | None, prompts_file: str | None) -> list[Prompt]:
 # Outputs
 
 
-def _write_image(run_dir: Path, name: str, img: np.ndarray, meta: dict, dicom: bool) -> dict:
+def _write_image(run_dir: Path, name: str, img: np.ndarray, meta: dict, prompt: str,
+                 salt: bytes | None) -> dict:
+    """The PNG (text chunks: the manifest's provenance, the prompt as its policy says) and, with
+    a ``salt``, the DICOM (which records the prompt's salted hash only)."""
     from biomed.imaging.core.pixels import write_png16
     from biomed.imaging.dicom.write import write_synthetic_dicom
 
-    text = {"synthetic": "true", "model_id": meta["model_id"], "prompt": meta["prompt"],
+    said = {k: meta[k] for k in ("prompt_policy", "prompt", "prompt_hash") if k in meta}
+    text = {"synthetic": "true", "model_id": meta["model_id"], **said,
             "seed": str(meta["seed"]), "steps": str(meta["steps"]),
             "guidance": f"{meta['guidance']:g}", "scheduler": meta["scheduler"],
             "software": "biomed generate"}
     files = {"file": f"samples/{name}.png"}
     write_png16(run_dir / files["file"], img, text=text)
-    if dicom:
+    if salt is not None:
         files["dicom"] = f"samples/{name}.dcm"
         write_synthetic_dicom(run_dir / files["dicom"], img, model_id=meta["model_id"],
-                              prompt=meta["prompt"], seed=meta["seed"], steps=meta["steps"],
+                              prompt=prompt, salt=salt, seed=meta["seed"], steps=meta["steps"],
                               guidance=meta["guidance"])
     return files
 
@@ -459,34 +473,46 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if n < 1 or seed < 0:
         raise ConfigError(f"n={n} must be >= 1 and seed={seed} >= 0")
     folder = resolve_pipeline_dir(cfg.model_dir)
+    policy = check_prompt_policy(cfg.get("prompt_policy") or
+                                 ("hash" if cfg.get("prompts_file") else "text"))
+    salt = None
+    if policy == "hash" or cfg.dicom:  # the machine's secret, never written to the run folder
+        from biomed.imaging.dicom.keys import default_key_file, load_or_create_key
+
+        salt = load_or_create_key(cfg.get("key_file") or default_key_file())
     data_files = [cfg.prompts_file] if cfg.get("prompts_file") else []
     with runs.experiment(cfg, data_files) as run_dir:
         if cfg.get("threads"):
             torch.set_num_threads(int(cfg.threads))
-        loaded = load_pipeline(folder, cfg.get("device"), cfg.get("dtype"))
+        gen = PipelineGenerator(folder, {
+            "scheduler": scheduler, "steps": steps, "guidance": guidance,
+            "batch_size": batch_size, "latent_clip": cfg.get("latent_clip"),
+            "dtype": cfg.get("dtype")}, cfg.get("device"), prompt_policy=policy, salt=salt)
         jobs = [(p_i, p, k, image_seed(seed, p_i, k)) for p_i, p in enumerate(prompts)
                 for k in range(n)]
-        truncated = _warn_truncated(loaded.pipe.tokenizer, [p.prompt for p in prompts])
+        truncated = _warn_truncated(gen.loaded.pipe.tokenizer, [p.prompt for p in prompts])
         lines, scores, first = [], [], []
         bar = _progress(len(jobs), bool(cfg.get("progress", True)))
         t_start = time.perf_counter()
         for b in range(0, len(jobs), batch_size):
             batch = jobs[b:b + batch_size]
             t0 = time.perf_counter()
-            raw = sample_batch(loaded, [j[1].prompt for j in batch], [j[3] for j in batch],
-                               scheduler=scheduler, steps=steps, guidance=guidance,
-                               latent_clip=cfg.get("latent_clip"))
+            # raw, not finished: divergence is flagged against the whole run's scores below
+            raw = gen.raw([j[1].prompt for j in batch], [j[3] for j in batch])
             seconds = (time.perf_counter() - t0) / len(batch)
             scores.extend(noise_scores(raw).tolist())
             images = finish_images(raw)
             for (p_i, p, k, s), img in zip(batch, images, strict=True):
-                meta = {"prompt": p.prompt, "prompt_id": p.id, "prompt_index": p_i, "k": k,
-                        "seed": s, "base_seed": seed, "steps": steps, "guidance": guidance,
-                        "scheduler": scheduler, "model_id": loaded.model_id,
-                        "model_dir": str(loaded.folder), "seconds": seconds}
+                prov = gen.provenance(p.prompt, s)  # keys in the manifest's order
+                said = {f: prov.pop(f) for f in ("prompt_policy", "prompt", "prompt_hash")
+                        if f in prov}
+                meta = {**said, "prompt_id": p.id, "prompt_index": p_i,
+                        "k": k, "seed": prov.pop("seed"), "base_seed": seed, **prov,
+                        "seconds": seconds}
                 if p.labels is not None:
                     meta["labels"] = p.labels
-                files = _write_image(run_dir, f"{p.id}_{k}", img, meta, bool(cfg.dicom))
+                files = _write_image(run_dir, f"{p.id}_{k}", img, meta, p.prompt,
+                                     salt if cfg.dicom else None)
                 lines.append({**files, **meta})
                 if len(first) < int(cfg.grid):
                     first.append(img)
@@ -504,15 +530,16 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
             grid = write_png16(run_dir / "samples" / "grid.png",
                                image_grid(first, cols=min(n, 8) if n > 1 else None),
-                               text={"synthetic": "true", "model_id": loaded.model_id,
+                               text={"synthetic": "true", "model_id": gen.model_id,
                                      "contents": f"the first {len(first)} samples"})
         metrics = {"count": len(lines), "prompts": len(prompts), "n": n, "seconds": total,
                    "images_per_s": len(lines) / total if total > 0 else None,
                    "diverged": int(diverged.sum()),
                    "diverged_files": [ln["file"] for ln in lines if ln["diverged"]],
                    "truncated_prompts": truncated, "scheduler": scheduler, "steps": steps,
-                   "guidance": guidance, "model_id": loaded.model_id,
-                   "model_dir": str(loaded.folder), "manifest": str(run_dir / "manifest.jsonl"),
+                   "guidance": guidance, "model_id": gen.model_id,
+                   "model_dir": str(gen.loaded.folder),
+                   "manifest": str(run_dir / "manifest.jsonl"),
                    "grid": str(grid) if grid else None,
                    "key_metrics": ["count", "images_per_s", "diverged"]}
         runs.finish_run(run_dir, metrics)

@@ -18,17 +18,17 @@ Two stages, each one call of the shared engine, each resumable (``trainer.resume
 The run folder gets ``pipeline/`` (a ``StableDiffusionPipeline`` folder of the EMA weights, with
 model card and ``biomed.json``), ``validation/step-<n>.png``, ``metrics.json`` and the engine's
 ``log.jsonl``/checkpoints (stage 1's under ``vae_stage/``).
+
+This module holds the data (rows with report text, images), stage 2's rows and per-component
+learning rates, the validation and the command; stage 1 is `biomed.imaging.diffusion.vae_stage`,
+the caches `biomed.imaging.diffusion.latents`, the loss and EMA
+`biomed.imaging.diffusion.objective`, the components `biomed.imaging.diffusion.components`.
 """
 
 from __future__ import annotations
 
-import copy
-import hashlib
 import inspect
 import json
-import math
-import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -36,20 +36,26 @@ from typing import Any
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from biomed import runs
 from biomed.engine import Engine
 from biomed.errors import ConfigError
 from biomed.hydra_app import hydra_app
 from biomed.imaging.core import balance, pixels
-from biomed.imaging.diffusion import model as dm
+from biomed.imaging.diffusion import components as dc
+from biomed.imaging.diffusion.card import model_card
+from biomed.imaging.diffusion.latents import (
+    cached_latents,
+    cached_text_states,
+    data_fingerprint,
+    latent_std,
+)
+from biomed.imaging.diffusion.objective import DiffusionModel, EmaCallback
+from biomed.imaging.diffusion.pipeline import PIPELINE_SUBDIR, make_pipeline, save_pipeline
 from biomed.imaging.diffusion.sample import generate_images
-from biomed.imaging.diffusion.text_encoders import TextEncoder, encode, tokenize
-
-CACHE_VERSION = 1  # bump when the latent/text-state cache layout or recipe changes
-VAE_STAGE = "vae_stage"
-
+from biomed.imaging.diffusion.text_encoders import tokenize
+from biomed.imaging.diffusion.vae_stage import VAE_STAGE, prepare_vae
 
 # ---------------------------------------------------------------------------------------------
 # data
@@ -67,13 +73,9 @@ def load_split(cfg: DictConfig, split: str) -> Dataset:
 
 
 def dataset_prompts(ds: Dataset) -> list[str]:
-    """Every row's report text, read without decoding images where the dataset allows it."""
-    if callable(getattr(ds, "report", None)):
-        return [prompt_text(ds.report(i)) for i in range(len(ds))]
-    meta = getattr(ds, "metadata", None)
-    if meta is not None and "report" in meta:
-        return [prompt_text(r) for r in meta["report"]]
-    return [prompt_text(ds[i].get("report", "")) for i in range(len(ds))]
+    """Every row's report text as a prompt: the dataset contract's ``reports()``
+    (`biomed.imaging.data.contract.XrayDataset`), which decodes no image."""
+    return [prompt_text(t) for t in ds.reports()]
 
 
 def dataset_ids(ds: Dataset) -> list[str]:
@@ -119,175 +121,8 @@ def load_images(ds: Dataset, indices: list[int], size: int, progress: bool) -> n
     return out
 
 
-def data_fingerprint(data_cfg: DictConfig, split: str, ds: Dataset, ids: list[str],
-                     first_image: np.ndarray) -> str:
-    """What the latents of these rows depend on besides the VAE: the dataset's own fingerprint
-    where it has one (phantom_iu: its reports and rendering settings), else its config; the
-    split, the row ids and the first image's pixels."""
-    own = getattr(ds, "fingerprint", None)
-    if own:
-        spec: Any = str(own)
-    else:
-        spec = OmegaConf.to_container(data_cfg, resolve=True)
-        for k in ("split", "progress", "workers", "num_workers"):  # do not change the pixels
-            spec.pop(k, None)
-    h = hashlib.sha256(json.dumps({"data": spec, "split": split, "ids": ids},
-                                  sort_keys=True, default=str).encode())
-    h.update(np.ascontiguousarray(first_image, dtype=np.float32).tobytes())
-    return h.hexdigest()
-
-
 # ---------------------------------------------------------------------------------------------
-# caches (VAE latents, frozen text states)
-
-
-def _publish(tmp: Path, final: Path) -> None:
-    """Rename a finished cache folder into place (a concurrent writer may have won)."""
-    if final.exists():
-        shutil.rmtree(tmp, ignore_errors=True)
-        return
-    os.replace(tmp, final)
-
-
-@torch.inference_mode()
-def encode_latents(vae, items: Dataset, out: Path, *, batch_size: int, device: torch.device,
-                   num_workers: int = 0, bf16: bool = False, progress: bool = True) -> Path:
-    """Encode ``items`` with ``vae`` into ``out/{mean,std}.npy`` (float16, N x C x h x w)."""
-    from numpy.lib.format import open_memmap
-    from tqdm.auto import tqdm
-
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    channels = int(vae.config.in_channels)
-    loader = DataLoader(items, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    mean = std = None
-    k = 0
-    vae.eval()
-    for batch in tqdm(loader, desc="encode latents", disable=not progress, unit="batch"):
-        x = dm.to_model_space(batch.to(device), channels)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            dist = vae.encode(x.to(vae.dtype)).latent_dist
-        if mean is None:
-            shape = (len(items), *dist.mean.shape[1:])
-            mean = open_memmap(tmp / "mean.npy", mode="w+", dtype=np.float16, shape=shape)
-            std = open_memmap(tmp / "std.npy", mode="w+", dtype=np.float16, shape=shape)
-        n = x.shape[0]
-        mean[k:k + n] = dist.mean.float().cpu().numpy()
-        std[k:k + n] = dist.std.float().cpu().numpy()
-        k += n
-    mean.flush()
-    std.flush()
-    (tmp / "meta.json").write_text(json.dumps({"n": len(items), "shape": list(mean.shape[1:])}))
-    _publish(tmp, out)
-    return out
-
-
-def cached_latents(vae, items: Dataset, data_fp: str, cache_root: Path, *, batch_size: int,
-                   device: torch.device, num_workers: int = 0, bf16: bool = False,
-                   progress: bool = True, log=print) -> tuple[np.ndarray, np.ndarray, Path]:
-    """(mean, std) memory maps of the rows' latents, computed once per (VAE, data)."""
-    key = hashlib.sha256(json.dumps({"v": CACHE_VERSION, "vae": dm.module_hash(vae),
-                                     "data": data_fp}).encode()).hexdigest()[:20]
-    folder = cache_root / "latents" / key
-    if (folder / "meta.json").is_file():
-        log(f"train-diffusion: reusing cached latents {folder}")
-    else:
-        log(f"train-diffusion: encoding {len(items)} images into {folder}")
-        encode_latents(vae, items, folder, batch_size=batch_size, device=device,
-                       num_workers=num_workers, bf16=bf16, progress=progress)
-    return (np.load(folder / "mean.npy", mmap_mode="r"), np.load(folder / "std.npy", mmap_mode="r"),
-            folder)
-
-
-@torch.no_grad()
-def cached_text_states(text: TextEncoder, prompts: list[str], cache_root: Path, *,
-                       device: torch.device, batch_size: int = 64,
-                       log=print) -> tuple[np.ndarray, np.ndarray]:
-    """A frozen encoder's states, once per distinct prompt: (table (U + 1, L, D) float16 whose
-    last row is the empty prompt's, row index of each prompt)."""
-    unique = sorted(set(prompts))
-    rows = [*unique, ""]
-    key = hashlib.sha256(json.dumps({
-        "v": CACHE_VERSION, "encoder": dm.module_hash(text.model),
-        "tokenizer": dm.tokenizer_fingerprint(text.tokenizer),
-        "max_length": int(text.tokenizer.model_max_length), "prompts": rows}).encode()
-    ).hexdigest()[:20]
-    path = cache_root / "text_states" / f"{key}.npy"
-    if not path.is_file():
-        log(f"train-diffusion: encoding {len(rows)} distinct prompts with the frozen "
-            f"{text.kind} encoder into {path}")
-        model = text.model.to(device).eval()
-        chunks = []
-        for s in range(0, len(rows), batch_size):
-            tok = tokenize(text.tokenizer, rows[s:s + batch_size])
-            out = encode(model, tok["input_ids"].to(device), tok["attention_mask"].to(device))
-            chunks.append(out.float().cpu().numpy().astype(np.float16))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npy")
-        np.save(tmp, np.concatenate(chunks))
-        os.replace(tmp, path)
-    where = {p: i for i, p in enumerate(unique)}
-    return np.load(path, mmap_mode="r"), np.array([where[p] for p in prompts], np.int64)
-
-
-# ---------------------------------------------------------------------------------------------
-# losses and the trained modules
-
-
-def min_snr_weights(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor, gamma: float,
-                    prediction_type: str) -> torch.Tensor:
-    """Min-SNR-gamma loss weights (Hang et al. 2023), per sample.
-
-    With SNR(t) = alpha_bar / (1 - alpha_bar), the weight on the x0-space loss is min(SNR, gamma).
-    Predicting epsilon, the MSE equals SNR times the x0 MSE, so the weight is min(SNR, gamma) / SNR;
-    predicting v, the MSE equals (SNR + 1) times it, so min(SNR, gamma) / (SNR + 1).
-    """
-    a = alphas_cumprod.to(timesteps.device)[timesteps].float()
-    snr = a / (1.0 - a)
-    clipped = torch.clamp(snr, max=gamma)
-    if prediction_type == "epsilon":
-        return clipped / snr
-    if prediction_type == "v_prediction":
-        return clipped / (snr + 1.0)
-    if prediction_type == "sample":
-        return clipped
-    raise ConfigError(f"diffusion.scheduler.prediction_type={prediction_type!r}: "
-                      f"epsilon | v_prediction | sample")
-
-
-def _randn(shape, like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    if generator is None:
-        return torch.randn(shape, device=like.device, dtype=torch.float32)
-    return torch.randn(shape, generator=generator, device=generator.device).to(like.device)
-
-
-class VaeTrainer(torch.nn.Module):
-    """Stage 1: the VAE's loss on random crops (L1 + L2 reconstruction + KL)."""
-
-    def __init__(self, vae, *, crop: int | None, l2_weight: float, kl_weight: float):
-        super().__init__()
-        self.vae, self.crop = vae, crop
-        self.l2_weight, self.kl_weight = l2_weight, kl_weight
-
-    def _crops(self, images: torch.Tensor) -> torch.Tensor:
-        size = images.shape[-1]
-        if not self.crop or self.crop >= size:
-            return images
-        c = int(self.crop)
-        offsets = torch.randint(0, size - c + 1, (images.shape[0], 2))
-        return torch.stack([img[:, y:y + c, x:x + c]
-                            for img, (y, x) in zip(images, offsets.tolist(), strict=True)])
-
-    def forward(self, images: torch.Tensor):
-        x = dm.to_model_space(self._crops(images), int(self.vae.config.in_channels))
-        post = self.vae.encode(x).latent_dist
-        rec = self.vae.decode(post.sample()).sample
-        err = rec.float() - x
-        l1, l2 = err.abs().mean(), err.pow(2).mean()
-        kl = post.kl().float().mean() / x[0].numel()  # summed over the latent, per image pixel
-        loss = l1 + self.l2_weight * l2 + self.kl_weight * kl
-        return loss, {"l1": float(l1.detach()), "kl": float(kl.detach())}
+# stage 2's rows and optimizer
 
 
 class LatentPairs(Dataset):
@@ -322,133 +157,6 @@ class LatentPairs(Dataset):
         return batch  # __getitems__ already returns the batch
 
 
-class DiffusionModel(torch.nn.Module):
-    """Stage 2's trained module: UNet + text encoder, their EMA copies and the loss.
-
-    The EMA copies are submodules with ``requires_grad=False``: the optimizer skips them, the
-    engine's checkpoints carry them, and sampling and saving use them.
-    """
-
-    def __init__(self, unet, text_encoder, *, train_text_encoder: bool, noise_scheduler,
-                 scaling_factor: float, training: DictConfig, empty: dict[str, torch.Tensor],
-                 empty_states: torch.Tensor | None = None):
-        super().__init__()
-        self.unet, self.text_encoder = unet, text_encoder
-        self.train_text_encoder = train_text_encoder
-        text_encoder.requires_grad_(train_text_encoder)
-        self.prediction_type = str(noise_scheduler.config.prediction_type)
-        self.num_timesteps = int(noise_scheduler.config.num_train_timesteps)
-        self.scaling_factor = float(scaling_factor)
-        self.cond_dropout = float(training.get("cond_dropout") or 0.0)
-        self.snr_gamma = training.get("snr_gamma")
-        self.noise_offset = float(training.get("noise_offset") or 0.0)
-        self.latent_sample = bool(training.get("latent_sample", True))
-        decay = training.get("ema_decay")
-        self.ema_decay = float(decay) if decay else None
-        self.ema_unet = self.ema_text_encoder = None
-        if self.ema_decay:
-            self.ema_unet = copy.deepcopy(unet).requires_grad_(False)
-            if train_text_encoder:
-                self.ema_text_encoder = copy.deepcopy(text_encoder).requires_grad_(False)
-        self.register_buffer("alphas_cumprod", noise_scheduler.alphas_cumprod.clone().float(),
-                             persistent=False)
-        self.register_buffer("empty_ids", empty["input_ids"][0].clone(), persistent=False)
-        self.register_buffer("empty_mask", empty["attention_mask"][0].clone(), persistent=False)
-        self.register_buffer("empty_states", None if empty_states is None
-                             else empty_states.float(), persistent=False)
-
-    @property
-    def sampling_unet(self):
-        return self.ema_unet if self.ema_unet is not None else self.unet
-
-    @property
-    def sampling_text_encoder(self):
-        return self.ema_text_encoder if self.ema_text_encoder is not None else self.text_encoder
-
-    def condition(self, batch: dict, text_encoder, dropout: float,
-                  generator: torch.Generator | None) -> torch.Tensor:
-        """(B, L, D) text states; with probability ``dropout`` a row gets the empty prompt's."""
-        ref = batch["mean"]
-        n = ref.shape[0]
-        drop = None
-        if dropout > 0:
-            u = torch.rand(n, generator=generator, device=generator.device) if generator \
-                else torch.rand(n, device=ref.device)
-            drop = (u < dropout).to(ref.device)
-        if "text_states" in batch:
-            states = batch["text_states"]
-            if drop is not None:
-                states = torch.where(drop[:, None, None], self.empty_states, states)
-            return states
-        ids, mask = batch["input_ids"], batch["attention_mask"]
-        if drop is not None:
-            ids = torch.where(drop[:, None], self.empty_ids, ids)
-            mask = torch.where(drop[:, None], self.empty_mask, mask)
-        with torch.set_grad_enabled(self.train_text_encoder and torch.is_grad_enabled()):
-            return encode(text_encoder, ids, mask)
-
-    def loss(self, batch: dict, *, unet, text_encoder, dropout: float = 0.0,
-             generator: torch.Generator | None = None):
-        """(weighted loss, plain MSE) of one batch; ``generator`` fixes the noise and timesteps
-        (the held-out loss), else the global RNG (training; restored on resume)."""
-        mean = batch["mean"].float()
-        latents = mean
-        if self.latent_sample and "std" in batch:
-            latents = mean + batch["std"].float() * _randn(mean.shape, mean, generator)
-        latents = latents * self.scaling_factor
-        b = latents.shape[0]
-        noise = _randn(latents.shape, latents, generator)
-        if self.noise_offset:
-            noise = noise + self.noise_offset * _randn((b, latents.shape[1], 1, 1), latents,
-                                                       generator)
-        if generator is None:
-            t = torch.randint(0, self.num_timesteps, (b,), device=latents.device)
-        else:
-            t = torch.randint(0, self.num_timesteps, (b,), generator=generator,
-                              device=generator.device).to(latents.device)
-        a = self.alphas_cumprod[t].view(-1, 1, 1, 1)
-        noisy = a.sqrt() * latents + (1 - a).sqrt() * noise  # DDPMScheduler.add_noise
-        if self.prediction_type == "epsilon":
-            target = noise
-        elif self.prediction_type == "v_prediction":
-            target = a.sqrt() * noise - (1 - a).sqrt() * latents  # DDPMScheduler.get_velocity
-        else:
-            target = latents
-        states = self.condition(batch, text_encoder, dropout, generator)
-        pred = unet(noisy, t, encoder_hidden_states=states).sample
-        mse = (pred.float() - target).pow(2).mean(dim=(1, 2, 3))
-        weights = torch.ones_like(mse) if not self.snr_gamma else min_snr_weights(
-            self.alphas_cumprod, t, float(self.snr_gamma), self.prediction_type)
-        return (mse * weights).mean(), mse.mean()
-
-    def forward(self, batch: dict):
-        loss, mse = self.loss(batch, unet=self.unet, text_encoder=self.text_encoder,
-                              dropout=self.cond_dropout)
-        return loss, {"mse": float(mse.detach())}
-
-    @torch.no_grad()
-    def update_ema(self, step: int) -> float:
-        """One EMA step; the decay warms up as (1 + step) / (10 + step) up to ``ema_decay``."""
-        if not self.ema_decay:
-            return 0.0
-        decay = min(self.ema_decay, (1 + step) / (10 + step))
-        pairs = [(self.ema_unet, self.unet)]
-        if self.ema_text_encoder is not None:
-            pairs.append((self.ema_text_encoder, self.text_encoder))
-        for ema, live in pairs:
-            e = [p for p in ema.parameters() if p.dtype.is_floating_point]
-            v = [p.detach() for p in live.parameters() if p.dtype.is_floating_point]
-            torch._foreach_lerp_(e, v, 1.0 - decay)
-        return decay
-
-
-class EmaCallback:
-    """The engine callback that moves the EMA weights after every optimizer step."""
-
-    def on_step_end(self, engine: Engine, model: torch.nn.Module, step: int) -> None:
-        engine.unwrap(model).update_ema(step)
-
-
 def per_component_optimizer(params, *, base, fused: bool | None = None):
     """``base`` (a partial optimizer such as AdamW) with learning rates per component.
 
@@ -481,77 +189,6 @@ def component_optim(optim_cfg: DictConfig) -> DictConfig:
 def tag_learning_rate(module: torch.nn.Module, scale: float) -> None:
     for p in module.parameters():
         p.lr_scale = scale
-
-
-# ---------------------------------------------------------------------------------------------
-# stage 1: the VAE
-
-
-def _stage_trainer(cfg: DictConfig, extra: DictConfig | None) -> DictConfig:
-    return OmegaConf.merge(cfg.trainer, extra or {})
-
-
-def load_vae_dir(path: str | Path):
-    """A VAE from a train-diffusion run, a pipeline folder, or a ``vae/`` folder."""
-    from diffusers import AutoencoderKL
-
-    from biomed.errors import InputError
-
-    path = Path(path).expanduser()
-    for c in (path, path / "vae", path / dm.PIPELINE_SUBDIR / "vae", path / VAE_STAGE / "vae"):
-        if (c / "config.json").is_file() and (c / "diffusion_pytorch_model.safetensors").is_file():
-            return AutoencoderKL.from_pretrained(str(c))
-    raise InputError(path, "no VAE here (a train-diffusion run, pipeline/ or vae/ folder)")
-
-
-def train_vae(cfg: DictConfig, stage_dir: Path, items: Dataset, val_items: Dataset,
-              log=print) -> tuple[Any, dict[str, Any]]:
-    """Stage 1 through the engine; returns the trained VAE (eval mode, frozen) and its numbers."""
-    d, v = cfg.diffusion, cfg.diffusion.vae
-    engine = Engine(_stage_trainer(cfg, v.get("trainer")), stage_dir, seed=int(cfg.seed))
-    vae = dm.build_vae(v, channels=int(d.get("channels", 1)), image_size=int(d.image_size))
-    model = VaeTrainer(vae, crop=v.get("crop"), l2_weight=float(v.get("l2_weight", 0.0)),
-                       kl_weight=float(v.kl_weight))
-    optim = OmegaConf.merge(cfg.optim, {"optimizer": {"lr": float(v.lr)},
-                                        "schedule": {"warmup_steps": int(v.warmup_steps)}})
-    n_eval = min(len(val_items), int(v.get("eval_images") or 0))
-
-    def eval_fn(m) -> dict[str, float]:
-        if n_eval == 0:
-            return {}
-        plain = engine.unwrap(m).vae
-        x = torch.stack([val_items[i] for i in range(n_eval)]).to(engine.accelerator.device)
-        xm = dm.to_model_space(x, int(plain.config.in_channels))
-        rec = plain.decode(plain.encode(xm).latent_dist.mean).sample.float()
-        out = dm.to_image_space(rec)
-        mse = float((out - x[:, 0]).pow(2).mean())
-        if engine.is_main:
-            grid = pixels.image_grid(torch.cat([x[:, 0], out]).cpu().numpy(), cols=n_eval)
-            pixels.write_png16(stage_dir / "reconstructions.png", grid)
-        return {"vae_val_l1": float((out - x[:, 0]).abs().mean()),
-                "vae_val_psnr": 10 * math.log10(1.0 / max(mse, 1e-12))}
-
-    log(f"train-diffusion: stage 1, VAE of {dm.count_parameters(vae):,} parameters on "
-        f"{len(items)} images ({v.get('crop') or 'whole'} px crops)")
-    result = engine.fit(model, items, lambda m, b: m(b), optim=optim, eval_fn=eval_fn)
-    vae = engine.unwrap(engine.model).vae.eval().requires_grad_(False)
-    metrics = {"vae_steps": result.step, "vae_train_seconds": engine.state.train_seconds,
-               "vae_train_loss": result.metrics.get("train_loss"),
-               **{k: v for k, v in result.metrics.items() if k.startswith("vae_val")}}
-    return vae, metrics
-
-
-def latent_std(mean: np.ndarray, std: np.ndarray | None = None, chunk: int = 4096) -> float:
-    """The standard deviation of the latents the diffusion model is trained on: of the posterior
-    means, or (``std`` given: latents sampled from q(z|x)) sqrt(Var[mean] + E[std^2])."""
-    n, s1, s2, s3 = 0, 0.0, 0.0, 0.0
-    for i in range(0, len(mean), chunk):
-        m = np.asarray(mean[i:i + chunk], np.float64)
-        n, s1, s2 = n + m.size, s1 + m.sum(), s2 + (m * m).sum()
-        if std is not None:
-            s3 += (np.asarray(std[i:i + chunk], np.float64) ** 2).sum()
-    mu = s1 / n
-    return math.sqrt(max(s2 / n - mu * mu, 0.0) + s3 / n)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -604,9 +241,9 @@ class Validation:
 
     def grid(self, plain: DiffusionModel) -> dict[str, float]:
         prompts, seeds = list(self.v.prompts), [int(s) for s in self.v.seeds]
-        pipe = dm.make_pipeline(self.vae, plain.sampling_text_encoder, self.tokenizer,
+        pipe = make_pipeline(self.vae, plain.sampling_text_encoder, self.tokenizer,
                                 plain.sampling_unet,
-                                dm.sampling_scheduler(self.scheduler_config, "dpmpp"))
+                                dc.sampling_scheduler(self.scheduler_config, "dpmpp"))
         samples = generate_images(pipe, [p for p in prompts for _ in seeds],
                                   [s for _ in prompts for s in seeds], steps=int(self.v.steps),
                                   guidance=float(self.v.guidance))
@@ -643,25 +280,6 @@ def _rows(cfg: DictConfig, split: str, log=print) -> tuple[Dataset, list[int], l
 
 def _limit(keep: list[int], n: int | None) -> list[int]:
     return keep if n is None else keep[:int(n)]
-
-
-def prepare_vae(cfg, run_dir: Path, train_items: ImageItems, val_items: ImageItems, log):
-    """The VAE of this run, and whether its scaling factor is still to be set."""
-    from diffusers import AutoencoderKL
-
-    d = cfg.diffusion
-    if d.vae.get("from_dir"):
-        log(f"train-diffusion: reusing the VAE of {d.vae.from_dir} (frozen)")
-        return load_vae_dir(d.vae.from_dir), False, {}
-    if d.get("pretrained"):
-        return dm.load_pretrained_vae(d.pretrained), False, {}
-    saved = run_dir / VAE_STAGE / "vae"
-    if cfg.trainer.get("resume") and (saved / "config.json").is_file():
-        log(f"train-diffusion: stage 1 done earlier, reusing {saved}")
-        done = json.loads((run_dir / VAE_STAGE / "done.json").read_text())
-        return AutoencoderKL.from_pretrained(str(saved)), False, done
-    vae, metrics = train_vae(cfg, run_dir / VAE_STAGE, train_items, val_items, log=log)
-    return vae, True, metrics
 
 
 def train_diffusion(cfg: DictConfig, run_dir: str | Path, log=print) -> dict[str, Any]:
@@ -715,7 +333,7 @@ def train_diffusion(cfg: DictConfig, run_dir: str | Path, log=print) -> dict[str
     prep_seconds = time.perf_counter() - t0
 
     set_seed(int(cfg.seed))  # the UNet and text encoder initialise the same on every run
-    comps = dm.build_components(d, prompts, vae=vae, log=log)
+    comps = dc.build_components(d, prompts, vae=vae, log=log)
     metrics = train_unet(cfg, run_dir, comps, prompts, (mean, std), val_prompts,
                          (val_mean, val_std), log=log, row_labels=_row_labels(train_ds, keep))
     metrics.update(vae_metrics)
@@ -757,7 +375,7 @@ def _sdpa(module) -> None:
         module.set_attn_processor(AttnProcessor2_0())
 
 
-def _pairs(comps: dm.Components, prompts: list[str], latents, cache_root: Path, device,
+def _pairs(comps: dc.Components, prompts: list[str], latents, cache_root: Path, device,
            log) -> tuple[LatentPairs, torch.Tensor | None]:
     tokens = tokenize(comps.text.tokenizer, prompts)
     if comps.text.trainable:
@@ -767,7 +385,7 @@ def _pairs(comps: dm.Components, prompts: list[str], latents, cache_root: Path, 
         np.asarray(table[-1:], np.float32))
 
 
-def train_unet(cfg: DictConfig, run_dir: Path, comps: dm.Components, prompts: list[str],
+def train_unet(cfg: DictConfig, run_dir: Path, comps: dc.Components, prompts: list[str],
                latents, val_prompts: list[str], val_latents, log=print,
                row_labels: tuple[np.ndarray, list[str]] | None = None) -> dict[str, Any]:
     """Stage 2 through the engine, then ``pipeline/``; returns the run's metrics."""
@@ -800,9 +418,9 @@ def train_unet(cfg: DictConfig, run_dir: Path, comps: dm.Components, prompts: li
     bf16 = engine.precision == "bf16"
     validation = Validation(engine, comps.vae, text.tokenizer, comps.noise_scheduler.config, val,
                             d.validation, run_dir / "validation", bf16, log=log)
-    params = {"unet_params": dm.count_parameters(unet),
-              "text_encoder_params": dm.count_parameters(text.model),
-              "vae_params": dm.count_parameters(comps.vae)}
+    params = {"unet_params": dc.count_parameters(unet),
+              "text_encoder_params": dc.count_parameters(text.model),
+              "vae_params": dc.count_parameters(comps.vae)}
     log(f"train-diffusion: stage 2, UNet {params['unet_params']:,} + {text.kind} text encoder "
         f"{params['text_encoder_params']:,} ({'trained' if text.trainable else 'frozen'}) "
         f"parameters on {len(train)} cached latents {tuple(latents[0].shape[1:])}")
@@ -824,7 +442,7 @@ def train_unet(cfg: DictConfig, run_dir: Path, comps: dm.Components, prompts: li
         "key_metrics": ["val_loss", "val_prompt_gain", "val_samples_diverged", "images_per_s",
                         "steps"]}
     if state.is_main_process:
-        out = save(cfg, engine, comps, metrics, run_dir / dm.PIPELINE_SUBDIR)
+        out = save(cfg, engine, comps, metrics, run_dir / PIPELINE_SUBDIR)
         metrics["pipeline_dir"] = str(out)
         log(f"train-diffusion: {result.step} steps in {seconds:.0f} s "
             f"({metrics['images_per_s'] or 0:.1f} images/s); val_loss "
@@ -833,14 +451,14 @@ def train_unet(cfg: DictConfig, run_dir: Path, comps: dm.Components, prompts: li
     return metrics
 
 
-def save(cfg: DictConfig, engine: Engine, comps: dm.Components, metrics: dict[str, Any],
+def save(cfg: DictConfig, engine: Engine, comps: dc.Components, metrics: dict[str, Any],
          out: Path) -> Path:
     """``pipeline/`` from the EMA weights, with the model card and ``biomed.json``."""
     d = cfg.diffusion
     plain = engine.unwrap(engine.model)
-    pipe = dm.make_pipeline(comps.vae, plain.sampling_text_encoder, comps.text.tokenizer,
+    pipe = make_pipeline(comps.vae, plain.sampling_text_encoder, comps.text.tokenizer,
                             plain.sampling_unet,
-                            dm.sampling_scheduler(comps.noise_scheduler.config, "dpmpp"))
+                            dc.sampling_scheduler(comps.noise_scheduler.config, "dpmpp"))
     data_name = str(cfg.data.get("name") or cfg.data.get("_target_", "?"))
     info = {
         "format": "biomed-diffusion-v1", "preset": str(d.name), "data": data_name,
@@ -865,22 +483,14 @@ def save(cfg: DictConfig, engine: Engine, comps: dm.Components, metrics: dict[st
     shown = {k: metrics[k] for k in ("steps", "train_seconds", "images_per_s", "val_loss",
                                      "val_mse", "val_samples_finite", "vae_val_psnr")
              if metrics.get(k) is not None}
-    return dm.save_pipeline(pipe, out, card=dm.model_card(info, shown), info=info)
-
-
-def _data_files(cfg: DictConfig) -> list[str]:
-    out = []
-    for k, v in (cfg.get("data") or {}).items():
-        if isinstance(v, str) and k in ("file", "files", "reports") and Path(v).is_file():
-            out.append(v)
-    return out
+    return save_pipeline(pipe, out, card=model_card(info, shown), info=info)
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train the text-to-X-ray diffusion model of ``cfg`` (``conf/train_diffusion.yaml``)."""
     from accelerate import PartialState
 
-    with runs.experiment(cfg, _data_files(cfg)) as run_dir:
+    with runs.experiment(cfg, runs.data_files(cfg)) as run_dir:
         metrics = train_diffusion(cfg, run_dir)
         if PartialState().is_main_process:
             runs.finish_run(run_dir, metrics)

@@ -18,14 +18,15 @@ Ground truth is exact: the labels are those of the findings the renderer actuall
   folder renamed at the end, so an interrupted build never leaves a cache that looks complete,
   and the three splits (and every later run) read the same cache.
 
-Items follow the dataset contract (`biomed.imaging.data.datasets`): ``image`` (float32 H x W in
-[0, 1]), ``labels`` (``CANONICAL_NAMES`` order, 1/0), ``report``, ``id``, ``report_id``,
-``index``, ``source``. The report text is CC BY-NC-ND 4.0 (IU / OpenI); images are phantoms.
+`PhantomIU` is a dataset of the contract (`biomed.imaging.data.contract.XrayDataset`): items
+have ``image`` (float32 H x W in [0, 1]), ``labels`` (``CANONICAL_NAMES`` order, 1/0),
+``report``, ``id``, ``report_id``, ``index``, ``source``; ``reports()``, ``subset`` and
+``with_split`` come from the base class. The report text is CC BY-NC-ND 4.0 (IU / OpenI);
+images are phantoms.
 """
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import importlib
 import inspect
@@ -44,13 +45,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from torch.utils.data import Dataset
 
 from biomed.errors import ConfigError
 from biomed.imaging.core import pixels
 from biomed.imaging.core.findings import PhantomFinding, labels_of, parse_findings
 from biomed.imaging.core.labels import CANONICAL_NAMES
-from biomed.imaging.data.datasets import SplitRows, Table
+from biomed.imaging.data.contract import Table, XrayDataset
 from biomed.imaging.reports.findings import MAPPING_VERSION, classify_reports, positives
 from biomed.imaging.reports.iu import Report, read_reports
 from biomed.imaging.reports.templates import TEMPLATE_VERSION, check_extra, template_cases
@@ -84,14 +84,19 @@ def default_renderer() -> Renderer:
 
 def renderer_version(renderer: Renderer) -> str:
     """Part of the cache key, so that a renderer that draws differently renders a new cache:
-    its name and ``RENDERER_VERSION`` (on the function or its module); without one, a hash of
-    its module's source (any edit of that file then renders the set again)."""
+    its name and ``RENDERER_VERSION`` (on the function or its module); else the module's
+    ``renderer_fingerprint()`` (the phantom's: the source of every renderer module and the lung
+    shapes it draws on, real masks or the parametric fallback); else a hash of its module's
+    source (any edit of that file then renders the set again)."""
     module = inspect.getmodule(renderer)
     name = f"{getattr(module, '__name__', '?')}.{getattr(renderer, '__qualname__', '?')}"
     version = getattr(renderer, "RENDERER_VERSION", None) or getattr(
         module, "RENDERER_VERSION", None)
     if version:
         return f"{name}@{version}"
+    fingerprint = getattr(module, "renderer_fingerprint", None)
+    if callable(fingerprint):
+        return f"{name}@{fingerprint()}"
     source = getattr(module, "__file__", None)
     if source and Path(source).is_file():
         return f"{name}@src-{hashlib.sha256(Path(source).read_bytes()).hexdigest()[:12]}"
@@ -147,7 +152,7 @@ def _rendered(render: Renderer, jobs: list[tuple[list, int, int]], workers: int)
             _WORKER_RENDER = None
 
 
-class PhantomIU(SplitRows, Dataset):
+class PhantomIU(XrayDataset):
     """Phantom radiographs rendered from the IU reports' findings, paired with their text.
 
     Args:
@@ -171,6 +176,8 @@ class PhantomIU(SplitRows, Dataset):
     """
 
     name = "phantom_iu"
+    item_columns = ("report_id", "source")
+    _row_attrs = ("labels", "_slots")
 
     def __init__(self, reports: str | Path | Sequence[Report] | None = None, *,
                  size: int = 128, renders_per_report: int = 3, templates_per_finding: int = 40,
@@ -181,7 +188,6 @@ class PhantomIU(SplitRows, Dataset):
                  max_reports: int | None = None, renderer: Renderer | str | None = None,
                  progress: bool = True, transform: Callable | None = None,
                  name: str | None = None, workers: int | None = None) -> None:
-        super().__init__()
         if name:
             self.name = name
         if split is not None and split not in SPLITS:
@@ -206,12 +212,9 @@ class PhantomIU(SplitRows, Dataset):
             raise ConfigError(f"{self.name}: {e}") from None
         self.seed = int(seed)
         self.max_reports = None if max_reports is None else int(max_reports)
-        self.split = split
-        self.transform = transform
         self.progress = progress
         # render processes (the renderer is single-threaded): every core by default
         self.workers = int(workers) if workers else (os.cpu_count() or 1)
-        self.label_names = list(CANONICAL_NAMES)
         self._renderer = renderer
         self.renders = 0  # images rendered by this instance (0 when the cache was reused)
         self.cache_path: Path | None = None  # the cache folder read, when cache_dir is set
@@ -220,7 +223,7 @@ class PhantomIU(SplitRows, Dataset):
         self.fingerprint = self._fingerprint(source_key)
         images, rows, stats = self._build(report_list, cache_dir)
         self._images: np.ndarray | None = images
-        self.metadata = Table({
+        metadata = Table({
             "id": [r["id"] for r in rows],
             "report_id": [r["report_id"] for r in rows],
             "patient_id": [r["report_id"] for r in rows],
@@ -231,8 +234,9 @@ class PhantomIU(SplitRows, Dataset):
             "attributes": [json.dumps(r["attributes"]) for r in rows],
             "report": [r["report"] for r in rows],
         })
-        self.labels = np.stack([labels_of(parse_findings(r["findings"])) for r in rows]) \
+        labels = np.stack([labels_of(parse_findings(r["findings"])) for r in rows]) \
             if rows else np.zeros((0, len(CANONICAL_NAMES)), np.float32)
+        super().__init__(metadata, labels, CANONICAL_NAMES, split=split, transform=transform)
         self._slots = np.arange(len(rows), dtype=np.int64)
         self.stats = {**stats, "positives": self._positives_per_split()}
         if split is not None:
@@ -381,19 +385,7 @@ class PhantomIU(SplitRows, Dataset):
                 bar.update(1)
         return rows
 
-    # -- the contract -------------------------------------------------------------------------
-
-    def __len__(self) -> int:
-        return len(self.metadata)
-
-    @property
-    def ids(self) -> list[str]:
-        return self.metadata["id"]
-
-    has_reports = True
-
-    def report(self, index: int) -> str:
-        return self.metadata["report"][index]
+    # -- images ---------------------------------------------------------------------------------
 
     def image(self, index: int) -> np.ndarray:
         """The phantom of a row in the workbench convention (float32 H x W in [0, 1])."""
@@ -413,28 +405,6 @@ class PhantomIU(SplitRows, Dataset):
     def findings(self, index: int) -> list[PhantomFinding]:
         """The findings drawn in a row's image."""
         return parse_findings(json.loads(self.metadata["findings"][index]))
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        index = range(len(self))[index]
-        img = self.image(index)
-        if self.transform is not None:
-            img = self.transform(img)
-        m = self.metadata
-        return {"image": img, "labels": self.labels[index].copy(), "report": m["report"][index],
-                "id": m["id"][index], "report_id": m["report_id"][index], "index": index,
-                "source": m["source"][index]}
-
-    def _take(self, keep: Sequence[int]) -> None:
-        keep = np.asarray(keep, dtype=np.int64)
-        self.metadata = self.metadata.take(keep)
-        self.labels = self.labels[keep]
-        self._slots = self._slots[keep]
-
-    def subset(self, indices: Sequence[int]) -> PhantomIU:
-        """A new dataset of the rows at ``indices`` (sharing the images)."""
-        new = copy.copy(self)
-        new._take(indices)
-        return new
 
     def _positives_per_split(self) -> dict[str, dict[str, dict[str, int]]]:
         """Positive rows per label, per split and source, over the whole build."""

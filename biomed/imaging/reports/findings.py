@@ -22,7 +22,7 @@ Every tag gets exactly one of four fates (`map_tag`):
 - **excluded**: a finding the phantom cannot render (fracture, pleural thickening, hilar
   enlargement, interstitial disease...). The report is left out and counted under the tag.
 
-Decisions worth knowing (the data behind them: `python -m biomed.imaging.reports.findings`):
+Decisions worth knowing (the data behind them: `biomed reports findings`):
 
 - ``Opacity``, ``Density``, ``Infiltrate`` in the lung are *soft* findings: consolidation by
   default, a nodule when ``round``, atelectasis when ``streaky`` (linear). Indexers tag one
@@ -604,18 +604,12 @@ def summary(reports: Iterable[Report]) -> dict[str, object]:
     return {"counts": counts, "positives": positives(fs for _, fs in included)}
 
 
-def main() -> None:
-    """Print the counts on the cached IU reports (``python -m biomed.imaging.reports.findings``)."""
-    from biomed.imaging.reports.iu import read_reports
-
-    s = summary(read_reports())
+def print_summary(reports: Iterable[Report]) -> None:
+    """Print `summary` of the reports (``biomed reports findings``)."""
+    s = summary(reports)
     print("reports / excluded by reason:")
     for k, v in s["counts"].items():  # type: ignore[union-attr]
         print(f"  {v:5d}  {k}")
     print("positives among the included reports:")
     for k, v in s["positives"].items():  # type: ignore[union-attr]
         print(f"  {v:5d}  {k}")
-
-
-if __name__ == "__main__":
-    main()

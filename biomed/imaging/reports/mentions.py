@@ -21,7 +21,7 @@ without it, and the test suite checks it on the templated reports, whose labels 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Literal
 
 import numpy as np
@@ -168,16 +168,9 @@ def disagreements(reports) -> dict[str, list[tuple[str, bool, Mention]]]:
     return out
 
 
-def main() -> None:
-    """Print the disagreements on the cached IU reports
-    (``python -m biomed.imaging.reports.mentions``)."""
-    from biomed.imaging.reports.iu import read_reports
-
-    for finding, rows in disagreements(read_reports()).items():
+def print_disagreements(reports: Iterable) -> None:
+    """Print `disagreements` of the reports (``biomed reports mentions``)."""
+    for finding, rows in disagreements(reports).items():
         print(f"{finding}: {len(rows)} included reports whose text does not support the label")
         for rid, tagged, s in rows:
             print(f"  {rid:8s} {'tagged' if tagged else 'untagged':8s} text: {s}")
-
-
-if __name__ == "__main__":
-    main()

@@ -1,8 +1,8 @@
-"""Image-generation metrics: Fréchet distance, MS-SSIM diversity, CLIP score.
+"""The measuring instruments of evaluate-generation: Fréchet distance, MS-SSIM diversity, CLIP
+score, and the classifier and CXR-CLIP as feature extractors.
 
 These follow the evaluation of RoentGen (Chambon et al. 2022, arXiv 2211.12737) and the
-papers it cites; the domain parts (which feature space, which prompts) live in
-`biomed.imaging.diffusion.evaluate`.
+papers it cites; which feature space and which prompts is `scoring`'s and `suites`' business.
 
 - **Fréchet distance** (Heusel et al. 2017, the "FID" formula) between Gaussians fitted to two
   feature sets: ``|mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a S_b)^(1/2))``. The matrix square root
@@ -19,6 +19,9 @@ papers it cites; the domain parts (which feature space, which prompts) live in
   diverse.
 - **CLIP score** (Hessel et al. 2021, as torchmetrics scales it): ``100 * max(cos(image, text),
   0)`` per pair.
+- **Feature extractors**: :class:`ClassifierTool` (a loaded classifier: sigmoid probabilities and
+  the penultimate-layer features, read by a hook on the input of its head) and
+  :func:`clip_embeddings` / :func:`clip_text_embeddings` (normalised CXR-CLIP embeddings).
 """
 
 from __future__ import annotations
@@ -27,16 +30,20 @@ import itertools
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy import linalg
+from torch import nn
 
 from biomed.errors import ConfigError
+from biomed.imaging.core import pixels
 
-__all__ = ["WANG_WEIGHTS", "MsSsimSettings", "clip_scores", "frechet_distance",
-           "gaussian_stats", "ms_ssim", "ms_ssim_settings", "pairwise_ms_ssim"]
+__all__ = ["WANG_WEIGHTS", "ClassifierTool", "MsSsimSettings", "clip_embeddings", "clip_scores",
+           "clip_text_embeddings", "frechet_distance", "gaussian_stats", "ms_ssim",
+           "ms_ssim_settings", "pairwise_ms_ssim", "penultimate_layer"]
 
 #: MS-SSIM exponents of the five scales, finest first (Wang et al. 2003, Table/Eq. 7).
 WANG_WEIGHTS: tuple[float, ...] = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
@@ -221,3 +228,80 @@ def clip_scores(image_emb: np.ndarray | torch.Tensor,
                          f"{tuple(b.shape)} are not row-aligned")
     cos = F.cosine_similarity(a, b, dim=1)
     return (100.0 * cos.clamp_min(0.0)).numpy()
+
+
+# ---------------------------------------------------------------------------------------------
+# the classifier and CXR-CLIP as feature extractors
+
+
+def penultimate_layer(model: nn.Module) -> nn.Module:
+    """The classifier's head (its input is the penultimate-layer feature vector): timm's
+    ``get_classifier()``, a ``head``/``classifier``/``fc`` linear layer, else the last linear
+    layer of the network."""
+    net = getattr(model, "net", model)
+    getter = getattr(net, "get_classifier", None)
+    if callable(getter) and isinstance(getter(), nn.Module) \
+            and any(p.numel() for p in getter().parameters()):
+        return getter()
+    for name in ("head", "classifier", "fc"):
+        layer = getattr(net, name, None)
+        if isinstance(layer, nn.Linear):
+            return layer
+    linear = [m for m in net.modules() if isinstance(m, nn.Linear)]
+    if not linear:
+        raise ConfigError(f"{type(net).__name__}: no linear head to read features before")
+    return linear[-1]
+
+
+class ClassifierTool:
+    """A loaded classifier as a measuring instrument: images (any size: resized to its input)
+    -> (sigmoid probabilities N x K, penultimate-layer features N x D)."""
+
+    def __init__(self, model: nn.Module, labels: Sequence[str], *,
+                 device: str | torch.device = "cpu", batch_size: int = 64,
+                 input_size: Sequence[int] | None = None):
+        self.model = model.to(device).eval()
+        self.labels = list(labels)
+        self.device = torch.device(device)
+        self.batch_size = int(batch_size)
+        size = input_size or getattr(model, "input_size", None)
+        self.input_size = tuple(int(v) for v in size) if size else None
+        self.head = penultimate_layer(model)
+
+    def index(self, name: str) -> int | None:
+        return self.labels.index(name) if name in self.labels else None
+
+    @torch.no_grad()
+    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        images = np.asarray(images, np.float32)
+        if self.input_size and images.shape[1:] != self.input_size:
+            images = np.stack([pixels.resize(im, self.input_size) for im in images])
+        captured: list[torch.Tensor] = []
+        hook = self.head.register_forward_pre_hook(
+            lambda _m, inputs: captured.append(inputs[0].detach().flatten(1).float().cpu()))
+        probs = []
+        try:
+            for s in range(0, len(images), self.batch_size):
+                x = torch.from_numpy(images[s:s + self.batch_size])[:, None].to(self.device)
+                probs.append(torch.sigmoid(self.model(x).float()).cpu())
+        finally:
+            hook.remove()
+        if not probs:
+            return np.zeros((0, len(self.labels)), np.float32), np.zeros((0, 0), np.float32)
+        return torch.cat(probs).numpy(), torch.cat(captured).numpy()
+
+
+def clip_embeddings(clip: Any, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """Normalised CXR-CLIP image embeddings (N x D) of workbench images of any size."""
+    from biomed.imaging.clip import model as cm
+
+    device = next(clip.model.parameters()).device
+    fitted = cm.fit_images(list(images), clip.preprocess_cfg)
+    return cm.encode_images(clip.model, fitted, clip.preprocess_cfg, batch_size, device).numpy()
+
+
+def clip_text_embeddings(clip: Any, texts: Sequence[str]) -> np.ndarray:
+    from biomed.imaging.clip.model import encode_texts
+
+    device = next(clip.model.parameters()).device
+    return encode_texts(clip.model, clip.tokenizer, list(texts), device=device).numpy()

@@ -1,4 +1,4 @@
-"""Shared helpers of the diffusion tests: a tiny synthetic paired dataset, tiny configs, and
+"""Tiny diffusion builders for tests: a tiny synthetic paired dataset, tiny configs, and
 small folders in the layouts the workbench reads (a Stable Diffusion folder, a VAE folder)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 from torch.utils.data import Dataset
 
 from biomed.config import compose
-from biomed.imaging.data.datasets import Table
+from biomed.imaging.data.contract import Table
 from biomed.splits import SPLITS
 
 _SENTENCES = {
@@ -66,12 +66,16 @@ class BlobPairs(Dataset):
     def report(self, index: int) -> str:
         return self.metadata["report"][index]
 
+    def reports(self) -> list[str]:
+        """Every row's report text (the dataset contract's accessor)."""
+        return list(self.metadata["report"])
+
     def __getitem__(self, index: int) -> dict:
         return {"image": self._images[index].copy(), "labels": self.labels[index].copy(),
                 "report": self.report(index), "id": self.metadata["id"][index], "index": index}
 
 
-DATA = ["data._target_=tests.diffusion_helpers.BlobPairs", "data.name=blob_pairs",
+DATA = ["data._target_=tests.helpers.diffusion.BlobPairs", "data.name=blob_pairs",
         "data.size=32"]
 TRAINER = ["trainer.batch_size=8", "trainer.max_steps=3", "trainer.max_time_s=null",
            "trainer.eval_every=0", "trainer.checkpoint_every=0", "trainer.progress=false",

@@ -1,4 +1,5 @@
-"""Latent diffusion components with Stable Diffusion's layout, and the ``pipeline/`` folder.
+"""Latent diffusion components with Stable Diffusion's layout: VAE, UNet, text encoder,
+tokenizer and schedulers, built from a config or loaded from a local Stable Diffusion folder.
 
 Components (diffusers + transformers): ``AutoencoderKL`` (VAE), ``UNet2DConditionModel``, a text
 encoder and tokenizer (`biomed.imaging.diffusion.text_encoders`), a ``DDPMScheduler`` for training
@@ -11,12 +12,8 @@ Pixel boundary: the workbench's [0, 1] gray image becomes [-1, 1] here
 (:func:`to_model_space`, replicated to the VAE's channel count) and comes back as the channel
 mean, clipped to [0, 1] (:func:`to_image_space`).
 
-The saved ``pipeline/`` is a ``StableDiffusionPipeline.save_pretrained`` folder (safetensors,
-no safety checker or feature extractor) plus ``README.md`` (model card) and ``biomed.json`` (what
-the workbench's sampler reads: prompt length, channels, image size, defaults). It loads with
-``StableDiffusionPipeline.from_pretrained(folder)`` alone; diffusers 0.42 samples a one-channel
-VAE as is (``output_type="pt"`` gives (N, 1, H, W), ``"np"`` (N, H, W, 1), ``"pil"`` mode "L"
-images); :func:`generate` decodes itself to check each sample for divergence before clipping.
+The saved ``pipeline/`` folder (write, find, load for sampling) is
+`biomed.imaging.diffusion.pipeline`; its model card `biomed.imaging.diffusion.card`.
 """
 
 from __future__ import annotations
@@ -24,8 +21,6 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,10 +29,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from biomed.errors import ConfigError, InputError
+from biomed.imaging.diffusion.model_index import check_model_index
 from biomed.imaging.diffusion.text_encoders import TextEncoder, build_text_encoder
 
-PIPELINE_SUBDIR = "pipeline"
-INFO_FILE = "biomed.json"
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 # CLIP's pre-tokenizer split (transformers' CLIPTokenizer): words, single digits, punctuation runs
 _CLIP_SPLIT = (r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|"""
@@ -290,18 +284,19 @@ class Components:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
 
-def _sd_folder(path: str | Path) -> Path:
+def _sd_folder(path: str | Path) -> tuple[Path, dict[str, Any]]:
+    """A local Stable Diffusion folder and its allow-listed ``model_index.json``."""
     path = Path(path).expanduser()
     if not (path / "model_index.json").is_file():
         raise InputError(path, "not a Stable Diffusion folder (no model_index.json)")
-    return path
+    return path, check_model_index(path)
 
 
 def load_pretrained_vae(path: str | Path):
     """The ``vae/`` of a local Stable Diffusion folder."""
     from diffusers import AutoencoderKL
 
-    path = _sd_folder(path)
+    path, _ = _sd_folder(path)
     try:
         return AutoencoderKL.from_pretrained(str(path), subfolder="vae")
     except (OSError, ValueError) as e:
@@ -311,15 +306,17 @@ def load_pretrained_vae(path: str | Path):
 def load_pretrained(path: str | Path, *, vae: bool = True) -> dict[str, Any]:
     """The components of a local Stable Diffusion folder (``vae/``, ``unet/``, ``text_encoder/``,
     ``tokenizer/``, ``scheduler/``): vae (unless ``vae=False``), unet, text_encoder, tokenizer,
-    scheduler_config."""
+    scheduler_config. The text encoder and tokenizer classes are those the folder's
+    ``model_index.json`` names, once allow-listed (`check_model_index`)."""
     import transformers
     from diffusers import UNet2DConditionModel
 
-    path = _sd_folder(path)
-    classes = json.loads((path / "model_index.json").read_text())
+    path, classes = _sd_folder(path)
+    te_name = (classes.get("text_encoder") or [None, None])[1] or "CLIPTextModel"
+    tok_name = (classes.get("tokenizer") or [None, None])[1] or "CLIPTokenizer"
     try:
-        te_cls = getattr(transformers, classes.get("text_encoder", [None, "CLIPTextModel"])[1])
-        tok_cls = getattr(transformers, classes.get("tokenizer", [None, "CLIPTokenizer"])[1])
+        te_cls = getattr(transformers, te_name)
+        tok_cls = getattr(transformers, tok_name)
         out = {
             "vae": load_pretrained_vae(path) if vae else None,
             "unet": UNet2DConditionModel.from_pretrained(str(path), subfolder="unet"),
@@ -386,141 +383,3 @@ def module_hash(module: torch.nn.Module) -> str:
         h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
-
-
-# ---------------------------------------------------------------------------------------------
-# the pipeline folder
-
-
-def make_pipeline(vae, text_encoder, tokenizer, unet, scheduler):
-    """A ``StableDiffusionPipeline`` without safety checker or feature extractor."""
-    from diffusers import StableDiffusionPipeline
-
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
-                                   unet=unet, scheduler=scheduler, safety_checker=None,
-                                   feature_extractor=None, requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-def save_pipeline(pipe, out: str | Path, *, card: str, info: dict[str, Any]) -> Path:
-    """Write ``pipe`` to ``out`` (safetensors), with ``README.md`` and ``biomed.json``.
-
-    Written to a temporary folder and renamed, so ``out`` is complete or absent. A tokenizer
-    class that only transformers 5 knows (``TokenizersBackend``) is recorded as
-    ``PreTrainedTokenizerFast``, which both transformers 4 and 5 load.
-    """
-    out = Path(out)
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    pipe.save_pretrained(str(tmp), safe_serialization=True)
-    index_path = tmp / "model_index.json"
-    index = json.loads(index_path.read_text())
-    if index.get("tokenizer", [None, None])[1] == "TokenizersBackend":
-        index["tokenizer"] = ["transformers", "PreTrainedTokenizerFast"]
-        index_path.write_text(json.dumps(index, indent=2) + "\n")
-        tok_cfg = tmp / "tokenizer" / "tokenizer_config.json"
-        cfg = json.loads(tok_cfg.read_text())
-        cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
-        tok_cfg.write_text(json.dumps(cfg, indent=2) + "\n")
-    (tmp / "README.md").write_text(card)
-    (tmp / INFO_FILE).write_text(json.dumps(info, indent=2, default=str) + "\n")
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
-    return out
-
-
-def resolve_pipeline_dir(model_dir: str | Path) -> Path:
-    """The pipeline folder of ``model_dir``: the folder itself or its ``pipeline/`` subfolder."""
-    path = Path(str(model_dir)).expanduser()
-    if not path.exists():
-        raise InputError(path, "no such model folder")
-    if not path.is_dir():
-        raise InputError(path, "not a folder (give a train-diffusion run folder or its pipeline/)")
-    for candidate in (path, path / PIPELINE_SUBDIR):
-        if (candidate / "model_index.json").is_file():
-            return candidate
-    raise InputError(path, "not a diffusers pipeline folder (no model_index.json in it or in its "
-                           "pipeline/ subfolder)")
-
-
-def pipeline_info(path: str | Path) -> dict[str, Any]:
-    """The ``biomed.json`` of a pipeline folder ({} for a folder not written by the workbench)."""
-    p = resolve_pipeline_dir(path) / INFO_FILE
-    return json.loads(p.read_text()) if p.is_file() else {}
-
-
-# ---------------------------------------------------------------------------------------------
-# sampling
-
-
-# ---------------------------------------------------------------------------------------------
-# the model card
-
-
-def licence_of(data_name: str) -> str:
-    name = data_name.lower()
-    if "mimic" in name:
-        return ("MIMIC-CXR (PhysioNet credentialed access): the PhysioNet Credentialed Health "
-                "Data Use Agreement applies to this model; do not share it with people who have "
-                "not signed it.")
-    if any(k in name for k in ("phantom", "iu", "openi")):
-        return ("Trained on the Indiana University / OpenI chest X-ray report text (CC BY-NC-ND "
-                "4.0): the model inherits its terms: non-commercial use, attribution, research "
-                "only.")
-    return "Trained on user-supplied data: the terms of that data apply to this model."
-
-
-def model_card(info: dict[str, Any], metrics: dict[str, Any]) -> str:
-    """``README.md`` of a pipeline folder: data, licence, intended use, training, numbers."""
-    data = str(info.get("data", "?"))
-    phantom = "phantom" in data.lower()
-    rows = "\n".join(f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |"
-                     for k, v in metrics.items() if isinstance(v, int | float | str))
-    images = ("procedurally rendered **phantom** chest radiographs (not patients' images) "
-              "paired with real Indiana University report text whose findings they render"
-              if phantom else f"the `{data}` dataset")
-    return f"""---
-license: other
-tags: [text-to-image, diffusers, chest-x-ray, research-only, synthetic]
----
-# biomed text-to-chest-X-ray latent diffusion ({info.get('preset', '?')})
-
-A `StableDiffusionPipeline` (VAE + conditional UNet + text encoder + scheduler) trained by
-`biomed train-diffusion` in the manner of RoentGen (Chambon et al. 2022, arXiv 2211.12737).
-
-## Data
-Trained on {images}; prompts are the report's impression first, then its findings, truncated
-to {info.get('prompt_length')} tokens.
-
-## Licence and intended use
-{licence_of(data)}
-**Research only. Not for clinical use.** Every image this model makes is synthetic: it must be
-labelled as such (the workbench's `biomed generate` writes provenance into each PNG/DICOM) and
-must never be taken for a patient's radiograph.{' Trained on phantoms: conclusions about real '
-'patients need real data.' if phantom else ''}
-
-## Model
-- image: {info.get('image_size')} px, {info.get('channels')} channel(s) (gray in [0, 1] mapped to
-  [-1, 1]{'; replicated to 3 channels' if info.get('channels') == 3 else ''})
-- text encoder: {info.get('text_encoder')} ({'trained' if info.get('text_encoder_trained')
-  else 'frozen'}), tokenizer of {info.get('vocab_size')} tokens, {info.get('prompt_length')} max
-- parameters: UNet {info.get('unet_params'):,}, text encoder {info.get('text_encoder_params'):,},
-  VAE {info.get('vae_params'):,}
-- noise schedule: {info.get('prediction_type')} prediction; EMA weights saved
-- training: {info.get('training')}
-
-## Use
-```python
-from diffusers import StableDiffusionPipeline
-pipe = StableDiffusionPipeline.from_pretrained("<this folder>")
-image = pipe("Large right pleural effusion.", num_inference_steps=20,
-             guidance_scale={info.get('guidance', 3.0)}).images[0]  # PIL, {'"L"' if info.get('channels') == 1 else '"RGB"'}
-```
-
-## Metrics
-| metric | value |
-|---|---|
-{rows}
-"""

@@ -1,4 +1,5 @@
-"""Shared helpers of the LM tests: a small synthetic PubMed-like corpus and tiny configs."""
+"""Tiny LM builders for tests: a seeded synthetic PubMed-like corpus, the shipped train_lm config
+shrunk to seconds, and a random tiny GPT-2 saved as train-lm saves it."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ from omegaconf import DictConfig
 
 from biomed.config import compose
 
-FIXTURES = Path(__file__).parent / "fixtures" / "lm"
-PUBMED_FIXTURES = Path(__file__).parent / "fixtures" / "pubmed"
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "lm"
+PUBMED_FIXTURES = Path(__file__).parents[1] / "fixtures" / "pubmed"
 
 _FINDINGS = ["pleural effusion", "cardiomegaly", "pneumothorax", "atelectasis", "consolidation",
              "pulmonary edema", "a lung nodule", "emphysema"]
