@@ -172,6 +172,20 @@ def finish_run(run_dir: Path, metrics: dict[str, Any], status: str = "completed"
     return out
 
 
+def train_command(cfg: DictConfig, train: Callable[[DictConfig, Path], dict[str, Any]],
+                  data_files: Iterable[str | Path] = ()) -> dict[str, Any]:
+    """The body of every training command's ``run(cfg)``: ``train(cfg, run_dir)`` inside
+    `experiment`, and ``metrics.json`` written by the main process only (under a multi-process
+    launch every process trains; one records)."""
+    from accelerate import PartialState
+
+    with experiment(cfg, data_files) as run_dir:
+        metrics = train(cfg, run_dir)
+        if PartialState().is_main_process:
+            finish_run(run_dir, metrics)
+    return metrics
+
+
 @contextmanager
 def experiment(cfg: DictConfig, data_files: Iterable[str | Path] = (),
                redact: Callable[[str], str] | None = None) -> Iterator[Path]:

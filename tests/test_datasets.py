@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import json
 import sys
 import tarfile
 import types
@@ -450,7 +451,7 @@ def test_cache_resumes_after_an_interruption(tmp_path: Path):
     res = ImageCache(tmp_path / "c", 8).build(paths, counting(calls), progress=False)
     assert calls == [paths[3]] and res.slots == [0, 1, 2, 3]
     assert index.read_text().count("\n") == 5  # header + 4 entries, torn line gone
-    with pytest.raises(ConfigError, match="not a biomed-image-cache-v1 index"):
+    with pytest.raises(ConfigError, match="not a biomed-image-cache-v2 index"):
         index.write_text('{"format": "other"}\n')
         ImageCache(tmp_path / "c", 8)
 
@@ -470,6 +471,49 @@ def test_cache_records_bad_files_and_never_retries_them(tmp_path: Path):
     res = ImageCache(tmp_path / "c", 8).build([good, broken, missing], counting(calls),
                                               progress=False)
     assert calls == [good, broken] and len(res.bad) == 2  # the broken file was not retried
+
+
+def test_cache_index_names_no_source_file(tmp_path: Path):
+    """Index keys are hashes: no folder or file name of a source (good, bad or missing) is in
+    the cache, and lookups still find every file."""
+    src = tmp_path / "DOE_JOHN_123"
+    good, broken, missing = src / "IM_SMITH.png", src / "IM_BROKEN.png", src / "IM_GONE.png"
+    write_image(good, 1)
+    broken.write_bytes(b"\x89PNG not really")
+    cache = ImageCache(tmp_path / "c", 8)
+    res = cache.build([good, broken, missing], counting([]), progress=False)
+    raw = b"".join(f.read_bytes() for f in (tmp_path / "c").rglob("*") if f.is_file())
+    for name in ("DOE_JOHN_123", "IM_SMITH", "IM_BROKEN", "IM_GONE", str(tmp_path)):
+        assert name.encode() not in raw, name
+    assert cache.slot_of(good) == res.slots[0] is not None
+    assert ImageCache(tmp_path / "c", 8).slot_of(good) == res.slots[0]
+
+
+def test_an_old_cache_keyed_by_paths_is_rebuilt(tmp_path: Path, caplog):
+    """A v1 index (plain paths as keys) is removed with its shards and rebuilt, one warning."""
+    paths = [tmp_path / "DOE_JOHN_123" / f"{i}.png" for i in range(2)]
+    for i, p in enumerate(paths):
+        write_image(p, i)
+    folder = tmp_path / "c" / "8x8"
+    folder.mkdir(parents=True)
+    header = {"format": "biomed-image-cache-v1", "size": [8, 8], "dtype": "uint16",
+              "shard_size": 1024}
+    (folder / "index.jsonl").write_text(json.dumps(header) + "\n" + "".join(
+        json.dumps({"key": f"{p}|1|2|", "slot": i}) + "\n" for i, p in enumerate(paths)))
+    np.save(folder / "shard-00000.npy", np.zeros((1024, 8, 8), np.uint16))
+    calls: list[Path] = []
+    cache = ImageCache(tmp_path / "c", 8)
+    assert len(cache) == 0 and cache.slot_of(paths[0]) is None  # read as empty
+    with caplog.at_level("WARNING"):
+        res = cache.build(paths, counting(calls), progress=False)
+    assert calls == paths and res.slots == [0, 1]
+    warning = [r.getMessage() for r in caplog.records if "old format" in r.getMessage()]
+    assert len(warning) == 1 and "\n" not in warning[0], warning
+    assert b"DOE_JOHN_123" not in (folder / "index.jsonl").read_bytes()
+    assert json.loads((folder / "index.jsonl").read_text().splitlines()[0])["format"] == \
+        "biomed-image-cache-v2"
+    np.testing.assert_allclose(cache.read(0), pixels.resize(read_xray(paths[0], (8, 8)), 8),
+                               atol=0.5 / 65535 + 1e-6)
 
 
 def test_dataset_reads_from_the_cache_and_drops_bad_rows(nih: Path, tmp_path: Path,

@@ -3,18 +3,24 @@ the marks it leaves, burned-in annotation, and the key."""
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
+import io
 import stat
+import struct
+from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
 from pydicom import uid as dcm_uid
 from pydicom.dataset import Dataset
+from pydicom.encaps import encapsulate
 
 from biomed import sources
-from biomed.errors import InputError
+from biomed.errors import ConfigError, InputError
 from biomed.imaging.dicom import read as dicom
+from biomed.imaging.dicom.burned_in import burned_in_reason
 from biomed.imaging.dicom.deid import (
     FREE_TEXT_ACTIONS,
     BurnedInAnnotation,
@@ -22,6 +28,7 @@ from biomed.imaging.dicom.deid import (
     Deidentifier,
     code_meaning,
     load_or_create_key,
+    new_session_key,
 )
 from tests.helpers.dicom import STUDY_DATE, free_text, identifying_values, make_dataset, save
 
@@ -280,3 +287,267 @@ def test_real_radiograph_is_deidentified(tmp_path):
         assert value.encode() not in raw, value
     assert np.array_equal(dicom.read_dicom(tmp_path / "rg1.dcm").image,
                           dicom.dataset_to_image(ds).image)
+
+
+# ---------------------------------------------------------------------------------------------
+# pixel data: re-encoded, so that nothing but the image survives
+
+MARKER = b"DOE^JOHN"
+
+
+def _with_app_and_comment(jpeg: bytes) -> bytes:
+    """A JPEG with an APP1 segment and a COM segment naming the patient, after SOI."""
+    app1 = b"\xff\xe1" + struct.pack(">H", len(MARKER) + 8) + b"Exif\0\0" + MARKER
+    com = b"\xff\xfe" + struct.pack(">H", len(MARKER) + 2) + MARKER
+    return jpeg[:2] + app1 + com + jpeg[2:]
+
+
+def _j2k_with_comment(codestream: bytes) -> bytes:
+    """A JPEG 2000 codestream with a COM marker segment (Latin-1 text) after SIZ."""
+    lsiz = struct.unpack(">H", codestream[4:6])[0]
+    com = b"\xff\x64" + struct.pack(">HH", len(MARKER) + 4, 1) + MARKER
+    return codestream[:4 + lsiz] + com + codestream[4 + lsiz:]
+
+
+def _encapsulated(ds: Dataset, syntax: str, frame: bytes) -> Dataset:
+    ds.file_meta.TransferSyntaxUID = syntax
+    ds.PixelData = encapsulate([frame])
+    ds["PixelData"].VR = "OB"
+    ds["PixelData"].is_undefined_length = True
+    return ds
+
+
+def _jpeg_dataset() -> tuple[Dataset, np.ndarray]:
+    """An 8-bit JPEG baseline radiograph whose codestream carries APP1 and COM segments."""
+    from PIL import Image
+
+    pixels = (np.arange(64 * 48).reshape(64, 48) % 251).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="JPEG", quality=95)
+    ds = make_dataset(bits_stored=8, pixels=pixels.astype(np.uint16), window=(128, 256))
+    ds.BitsAllocated = 8
+    ds = _encapsulated(ds, dcm_uid.JPEGBaseline8Bit, _with_app_and_comment(buf.getvalue()))
+    return ds, dicom.dataset_to_image(ds).image
+
+
+def _j2k_dataset() -> tuple[Dataset, np.ndarray]:
+    from pydicom.encaps import generate_frames
+
+    ds = make_dataset(rows=128, cols=96)
+    ds.compress(dcm_uid.JPEG2000Lossless, generate_instance_uid=False)
+    frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+    ds = _encapsulated(ds, dcm_uid.JPEG2000Lossless, _j2k_with_comment(frame))
+    return ds, dicom.dataset_to_image(ds).image
+
+
+def test_native_pixel_data_loses_high_bits_and_trailing_bytes(tmp_path):
+    """An overlay in the bits above Bits Stored and a name after the image are left behind."""
+    stored = make_dataset().pixel_array.copy()  # 12 bits stored in 16
+    overlay = stored | np.uint16(0x8000)  # an old overlay plane in bit 15
+    ds = make_dataset(pixels=overlay)
+    ds.PixelData = ds.PixelData + MARKER  # appended by an export tool
+    out = Deidentifier(KEY).deidentify(ds)
+    assert out.file_meta.TransferSyntaxUID == dcm_uid.ExplicitVRLittleEndian
+    assert len(out.PixelData) == stored.size * 2 and MARKER not in out.PixelData
+    assert np.array_equal(np.frombuffer(out.PixelData, "<u2").reshape(stored.shape), stored)
+    assert MARKER not in Path(save(out, tmp_path / "o.dcm")).read_bytes()
+    assert np.array_equal(dicom.read_dicom(tmp_path / "o.dcm").image,
+                          dicom.dataset_to_image(make_dataset()).image)
+
+
+@pytest.mark.parametrize("build", [_jpeg_dataset, _j2k_dataset], ids=["jpeg_app_com", "j2k_com"])
+def test_compressed_pixel_data_is_reencoded_without_its_segments(tmp_path, build):
+    ds, image = build()
+    assert MARKER in ds.PixelData
+    out = Deidentifier(KEY).deidentify(ds)
+    assert out.file_meta.TransferSyntaxUID == dcm_uid.RLELossless
+    assert MARKER not in Path(save(out, tmp_path / "o.dcm")).read_bytes()
+    assert np.array_equal(dicom.read_dicom(tmp_path / "o.dcm").image, image)  # lossless
+
+
+def test_ingest_as_dicom_writes_the_reencoded_image_only(tmp_path):
+    from biomed.imaging.dicom.ingest import IngestSettings, ingest
+
+    src = tmp_path / "src"
+    ds = make_dataset(pixels=make_dataset().pixel_array | np.uint16(0x8000))
+    ds.PixelData = ds.PixelData + MARKER
+    save(ds, src / "a.dcm")
+    j2k, _ = _j2k_dataset()
+    save(j2k, src / "b.dcm")
+    summary = ingest(src, tmp_path / "out", IngestSettings(format="dicom"), workers=1,
+                     key_file=tmp_path / "deid.key", progress=False)
+    assert summary.written == 2
+    written = sorted((tmp_path / "out" / "images").glob("*.dcm"))
+    assert len(written) == 2
+    for path in written:
+        assert MARKER not in path.read_bytes()
+        assert MARKER not in pydicom.dcmread(path).pixel_array.tobytes()
+
+
+def test_pixels_copy_keeps_the_bytes_for_decode_only_callers():
+    ds = make_dataset()
+    ds.PixelData = ds.PixelData + MARKER
+    out = Deidentifier(KEY).deidentify(ds, pixels="copy")
+    assert out.PixelData == ds.PixelData  # only for callers that write the decoded image alone
+    with pytest.raises(ConfigError, match="pixels must be"):
+        Deidentifier(KEY).deidentify(ds, pixels="raw")
+
+
+# ---------------------------------------------------------------------------------------------
+# burned-in annotation
+
+
+def _captured(**attrs) -> Dataset:
+    ds = make_dataset(burned_in=None)
+    for k, v in attrs.items():
+        setattr(ds, k, v)
+    return ds
+
+
+REFUSED = {
+    "secondary capture, missing": dict(SOPClassUID=dcm_uid.SecondaryCaptureImageStorage),
+    "multi-frame sc, missing": dict(
+        SOPClassUID=dcm_uid.MultiFrameGrayscaleWordSecondaryCaptureImageStorage),
+    "modality OT, missing": dict(Modality="OT"),
+    "modality US, missing": dict(Modality="US"),
+    "modality SC, missing": dict(Modality="SC"),
+    "image type secondary, missing": dict(ImageType=["DERIVED", "SECONDARY"]),
+    "secondary capture, empty": dict(SOPClassUID=dcm_uid.SecondaryCaptureImageStorage,
+                                     BurnedInAnnotation=""),
+    "dx, YES and NO": dict(BurnedInAnnotation=["YES", "NO"]),
+    "dx, garbage": dict(BurnedInAnnotation="UNKNOWN"),
+    "dx, features YES": dict(BurnedInAnnotation="NO", RecognizableVisualFeatures="YES"),
+    "dx, features NO and YES": dict(RecognizableVisualFeatures=["NO", "YES"]),
+}
+ACCEPTED = {
+    "dx, missing": {},
+    "dx, NO": dict(BurnedInAnnotation="NO"),
+    "secondary capture, NO": dict(SOPClassUID=dcm_uid.SecondaryCaptureImageStorage,
+                                  BurnedInAnnotation="NO", Modality="OT",
+                                  ImageType=["DERIVED", "SECONDARY"],
+                                  RecognizableVisualFeatures="NO"),
+    "lower case no": dict(Modality="US", BurnedInAnnotation="no"),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSED))
+def test_images_that_may_show_the_patient_are_refused_unless_allowed(case):
+    ds = _captured(**REFUSED[case])
+    with pytest.raises(BurnedInAnnotation) as info:
+        Deidentifier(KEY).deidentify(ds, "scan.dcm")
+    assert str(info.value).startswith("scan.dcm: ") and "\n" not in str(info.value)
+    assert str(info.value).endswith("kept out; opt in with --allow-burned-in / "
+                                    "allow_burned_in=True")
+    assert burned_in_reason(ds) is not None
+    Deidentifier(KEY, DeidConfig(allow_burned_in=True)).deidentify(ds)  # opted in
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR CS")
+@pytest.mark.parametrize("case", list(ACCEPTED))
+def test_images_said_clean_or_primary_pass(case):
+    assert burned_in_reason(_captured(**ACCEPTED[case])) is None
+    Deidentifier(KEY).deidentify(_captured(**ACCEPTED[case]))
+
+
+def test_loaders_refuse_the_same_images_per_file(tmp_path):
+    """Training reads DICOM through `read_xray`: the same refusal, one InputError per file,
+    which the image cache records and skips."""
+    from biomed.imaging.data.image_cache import ImageCache
+    from biomed.imaging.data.read import read_xray
+
+    good = save(make_dataset(), tmp_path / "good.dcm")
+    screen = save(_captured(Modality="OT"), tmp_path / "screen.dcm")
+    flagged = save(make_dataset(burned_in="YES"), tmp_path / "flagged.dcm")
+    for path in (screen, flagged):
+        with pytest.raises(BurnedInAnnotation, match=f"^{path}: Burned In Annotation is"):
+            read_xray(path)
+        assert read_xray(path, allow_burned_in=True).shape == (64, 48)
+    res = ImageCache(tmp_path / "cache", 16).build([good, screen, flagged], read_xray,
+                                                   progress=False)
+    assert res.slots[0] is not None and res.slots[1] is None and res.slots[2] is None
+    assert "Burned In Annotation is missing on Modality OT" in res.bad[screen]
+    assert "Burned In Annotation is YES" in res.bad[flagged]
+
+
+# ---------------------------------------------------------------------------------------------
+# the key, Table E.1-1 details, and the input left alone
+
+
+def test_the_key_is_the_callers_and_sessions_get_their_own():
+    from biomed.imaging.dicom import deid as deid_module
+    from biomed.imaging.dicom import keys
+
+    with pytest.raises(TypeError):
+        Deidentifier()  # no hidden default key
+    for bad in (b"", b"short", "a text key of 32 characters....", None):
+        with pytest.raises(ConfigError, match="a de-identification key is 16 or more bytes"):
+            Deidentifier(bad)
+    for module in (deid_module, keys):  # no key held by a module
+        assert not [k for k, v in vars(module).items() if isinstance(v, bytes | bytearray)]
+    a, b = new_session_key(), new_session_key()
+    assert len(a) == 32 and a != b
+    ds = make_dataset()
+    outs = [Deidentifier(k).deidentify(ds) for k in (a, b, KEY)]
+    assert len({o.PatientID for o in outs}) == 3 and len({o.StudyDate for o in outs}) >= 2
+
+
+def test_datetime_utc_offsets_are_removed():
+    ds = make_dataset()
+    deid = Deidentifier(KEY)
+    shifted = (dt.date(2019, 3, 14) + dt.timedelta(days=deid.date_shift_days("id:MRN00482913"))
+               ).strftime("%Y%m%d")
+    for value, expected in ((STUDY_DATE + "101733.000000+0100", "101733.000000"),
+                            (STUDY_DATE + "1017-0500", "1017"), (STUDY_DATE + "+1400", ""),
+                            (STUDY_DATE + "101733", "101733")):
+        ds.AcquisitionDateTime = value
+        assert deid.deidentify(ds).AcquisitionDateTime == shifted + expected, value
+    ds.TimezoneOffsetFromUTC = "+0100"
+    assert "TimezoneOffsetFromUTC" not in deid.deidentify(ds)
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR AS")
+def test_ages_over_89_become_90_or_older():
+    deid = Deidentifier(KEY, DeidConfig(keep_patient_characteristics=True))
+    ds = make_dataset()
+    for age, kept in (("095Y", "090Y"), ("120Y", "090Y"), ("090Y", "090Y"), ("089Y", "089Y"),
+                      ("067Y", "067Y"), ("011M", "011M"), ("003W", "003W"), ("006D", "006D"),
+                      (" 95Y", None), ("95", None), ("95 years", None)):
+        ds.PatientAge = age
+        out = deid.deidentify(ds)
+        assert out.get("PatientAge") == kept, age
+        assert kept is None or len(out.PatientAge) == 4  # AS: exactly 4 characters
+
+
+def test_issuer_of_patient_id_keeps_two_sites_apart():
+    def patient(issuer):
+        ds = make_dataset()
+        if issuer is not None:
+            ds.IssuerOfPatientID = issuer
+        return Deidentifier(KEY).deidentify(ds)
+
+    barts, kings = patient("BARTS"), patient("KINGS")
+    assert barts.PatientID != kings.PatientID  # one MRN, two sites: two patients
+    assert patient("BARTS").PatientID == barts.PatientID
+    # without an issuer the pseudonym is what it always was (folders ingested earlier stay linked)
+    assert patient(None).PatientID == Deidentifier(KEY).pseudonym("id:MRN00482913")
+    assert "IssuerOfPatientID" not in barts and "BARTS" not in "\n".join(_all_values(barts))
+
+
+def test_the_input_dataset_is_not_modified():
+    ds = make_dataset()
+    ds.RescaleType = "DR JONES"  # rewritten to a defined term in the output
+    ds.ModalityLUTSequence = [Dataset()]
+    ds.ModalityLUTSequence[0].ModalityLUTType = "HOLLOWAY"
+    ds.ModalityLUTSequence[0].add_new("LUTDescriptor", "US", [2, 0, 16])
+    ds.ModalityLUTSequence[0].add_new("LUTData", "US", [0, 10])
+    ds.PatientAge = "095Y"
+    before = copy.deepcopy(ds)
+    out = Deidentifier(KEY, DeidConfig(keep_patient_characteristics=True)).deidentify(ds)
+    assert ds == before and ds.file_meta == before.file_meta
+    assert ds.RescaleType == "DR JONES" and ds.PatientAge == "095Y"
+    assert out.RescaleType == "US" and out.PatientAge == "090Y"
+    assert ds.ModalityLUTSequence[0].ModalityLUTType == "HOLLOWAY"
+    out.Manufacturer = "changed"  # nothing is shared: the output can be edited freely
+    out.ModalityLUTSequence[0].LUTData = [5, 5]
+    assert ds.Manufacturer == "Carestream Health" and list(ds.ModalityLUTSequence[0].LUTData) \
+        == [0, 10]

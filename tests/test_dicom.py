@@ -16,7 +16,7 @@ from pydicom.dataset import Dataset, FileDataset
 from pydicom.sequence import Sequence
 
 from biomed import sources
-from biomed.errors import InputError
+from biomed.errors import ConfigError, InputError
 from biomed.imaging.dicom import read as dicom
 from biomed.imaging.dicom.read import ReadOptions, read_dicom
 from biomed.imaging.dicom.write import prompt_hash, synthetic_dataset, write_synthetic_dicom
@@ -399,15 +399,15 @@ def test_synthetic_dicom_is_marked_and_reads_back_with_the_same_pixels(tmp_path)
     img = rng.random((40, 30)).astype(np.float32)
     img[0, 0], img[0, 1] = 0.0, 1.0
     path = write_synthetic_dicom(tmp_path / "s.dcm", img, model_id="roentgen-tiny",
-                                 prompt="Small left pleural effusion.", seed=7, steps=20,
-                                 guidance=4.0)
+                                 prompt="Small left pleural effusion.", salt=SALT, seed=7,
+                                 steps=20, guidance=4.0)
     ds = pydicom.dcmread(path)
     assert list(ds.ImageType) == ["DERIVED", "SECONDARY"] and ds.ConversionType == "SYN"
     assert ds.BurnedInAnnotation == "NO"
     assert "model roentgen-tiny" in ds.DerivationDescription
-    assert prompt_hash("Small left pleural effusion.") in ds.DerivationDescription
+    assert prompt_hash("Small left pleural effusion.", SALT) in ds.DerivationDescription
     assert "effusion" not in ds.DerivationDescription  # the hash, never the prompt
-    other = synthetic_dataset(img, model_id="m", prompt="p")
+    other = synthetic_dataset(img, model_id="m", prompt="p", salt=SALT)
     assert len({ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID,
                 other.StudyInstanceUID, other.SOPInstanceUID}) == 5  # new UIDs every time
     back = read_dicom(path)
@@ -424,3 +424,63 @@ def test_values_beyond_bits_stored_are_read_wider_and_said():
     image, desc = dicom.gray_to_float(ds, np.array([[0, 8191]], np.uint16), 12, False, "full")
     assert np.allclose(image, [[0, 1]]) and desc.endswith("values exceed Bits Stored: read as "
                                                           "13 bits")
+
+
+# ---------------------------------------------------------------------------------------------
+# the prompt in a synthetic image's provenance
+
+SALT = bytes(range(100, 132))
+TEMPLATES = ["Small left pleural effusion.", "Small right pleural effusion.", "Cardiomegaly.",
+             "No acute cardiopulmonary process."]
+
+
+def test_the_dicom_prompt_hash_is_salted_and_cannot_be_guessed_back():
+    """A plain sha256 of a short templated prompt is found again by hashing the templates; the
+    hash recorded is keyed with a secret salt instead."""
+    import hashlib
+
+    img = np.zeros((8, 8), np.float32)
+    ds = synthetic_dataset(img, model_id="m", prompt=TEMPLATES[0], salt=SALT)
+    for guess in TEMPLATES:  # the attack on an unsalted hash
+        assert hashlib.sha256(guess.encode()).hexdigest() not in ds.DerivationDescription
+    assert ds.DerivationDescription.count("hmac-sha256:") == 1
+    other = synthetic_dataset(img, model_id="m", prompt=TEMPLATES[0], salt=bytes(32))
+    assert prompt_hash(TEMPLATES[0], SALT) != prompt_hash(TEMPLATES[0], bytes(32))
+    assert prompt_hash(TEMPLATES[0], SALT) in ds.DerivationDescription
+    assert prompt_hash(TEMPLATES[0], bytes(32)) in other.DerivationDescription
+    for salt in (None, b"", b"short"):
+        with pytest.raises(ConfigError, match="secret salt"):
+            synthetic_dataset(img, model_id="m", prompt=TEMPLATES[0], salt=salt)
+
+
+def test_prompt_policy_text_or_a_salted_hash():
+    from biomed.imaging.dicom.write import dataset_prompt_policy, prompt_provenance
+
+    assert prompt_provenance("Cardiomegaly.", "text") == {"prompt_policy": "text",
+                                                          "prompt": "Cardiomegaly."}
+    hashed = prompt_provenance("Cardiomegaly.", "hash", SALT)
+    assert hashed == {"prompt_policy": "hash", "prompt_hash": prompt_hash("Cardiomegaly.", SALT)}
+    with pytest.raises(ConfigError, match="needs a secret salt"):
+        prompt_provenance("Cardiomegaly.", "hash")
+    with pytest.raises(ConfigError, match="prompt_policy='plain'"):
+        prompt_provenance("Cardiomegaly.", "plain")
+
+    class Restricted:
+        prompt_policy = "hash"
+
+    class Public:
+        prompt_policy = "text"
+
+    assert [dataset_prompt_policy(d) for d in (Restricted(), Public(), object())] == [
+        "hash", "text", "hash"]  # a dataset that says nothing: hashed
+
+
+def test_data_configs_declare_their_prompt_policy():
+    """IU / OpenI report text is public (text); MIMIC-CXR's may not be redistributed (hash)."""
+    from biomed.config import compose
+
+    want = {"phantom_iu": "text", "openi": "text", "mimic_cxr_jpg": "hash", "padchest": "hash",
+            "chexpert": "hash", "nih14": "hash", "folder_csv": "hash"}
+    for name, policy in want.items():
+        cfg = compose("train_classifier", [f"data={name}"])
+        assert cfg.data.prompt_policy == policy, name

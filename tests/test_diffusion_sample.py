@@ -87,7 +87,7 @@ def pipeline_dir(tmp_path_factory) -> Path:
 
 def gen_cfg(tmp_path: Path, model_dir: Path, *overrides: str, name: str = "run"):
     return compose("generate", [f"paths.run_dir={tmp_path / name}", f"model_dir={model_dir}",
-                                *FAST, *overrides])
+                                f"key_file={tmp_path / 'deid.key'}", *FAST, *overrides])
 
 
 def manifest(run_dir: Path) -> list[dict]:
@@ -114,8 +114,8 @@ def test_generate_from_a_prompt_writes_pngs_with_provenance(tmp_path, pipeline_d
         assert {"prompt", "prompt_id", "seed", "steps", "guidance", "scheduler", "model_id",
                 "diverged", "seconds"} <= set(ln)
         assert ln["prompt"] == PROMPTS[0] and ln["scheduler"] == "dpmpp" and ln["steps"] == 3
-        assert ln["model_id"].startswith(f"{pipeline_dir.resolve()} preset tiny-test weights-"
-                                         "sha256:") and isinstance(ln["diverged"], bool)
+        assert ln["model_id"].startswith("pipeline preset tiny-test weights-sha256:")
+        assert str(tmp_path) not in json.dumps(ln) and isinstance(ln["diverged"], bool)
         img = read_image(run / ln["file"])
         assert img.shape == (32, 32) and img.dtype == np.float32
         text = png_text(run / ln["file"])
@@ -182,7 +182,7 @@ def test_pipeline_generator_is_the_generator_the_command_samples_through(tmp_pat
     assert gen.id != sample.PipelineGenerator(pipeline_dir, {**settings, "steps": 4}, "cpu").id
     assert gen.provenance(PROMPTS[0], seeds[1]) == {
         "prompt": PROMPTS[0], "seed": seeds[1], "steps": 3, "guidance": 4.0,
-        "scheduler": "dpmpp", "model_id": gen.model_id, "model_dir": str(pipeline_dir.resolve())}
+        "scheduler": "dpmpp", "model_id": gen.model_id, "prompt_policy": "text"}
     sample.run(gen_cfg(tmp_path, pipeline_dir, f"prompt={PROMPTS[0]}", "n=2", "guidance=4"))
     lines = manifest(tmp_path / "run")
     for ln, img in zip(lines, out.images, strict=True):
@@ -199,10 +199,35 @@ def test_dicom_output_is_marked_synthetic(tmp_path, pipeline_dir):
     ds = pydicom.dcmread(tmp_path / "run" / line["dicom"])
     assert ds.ConversionType == "SYN" and list(ds.ImageType) == ["DERIVED", "SECONDARY"]
     assert line["model_id"] in ds.DerivationDescription
-    assert prompt_hash(PROMPTS[0]) in ds.DerivationDescription
+    key = (tmp_path / "deid.key").read_text().strip()
+    assert prompt_hash(PROMPTS[0], bytes.fromhex(key)) in ds.DerivationDescription
+    assert key not in (tmp_path / "run" / line["dicom"]).read_bytes().hex()
     assert f"seed {line['seed']}" in ds.DerivationDescription
     png = np.round(read_image(tmp_path / "run" / line["file"]) * 65535).astype(np.uint16)
     assert np.array_equal(ds.pixel_array, png)
+
+
+def test_prompts_from_a_file_are_hashed_unless_the_policy_says_text(tmp_path, pipeline_dir):
+    """A prompts file may hold a restricted dataset's reports (MIMIC-CXR): by default the PNG
+    chunks and the manifest record a salted hash of each prompt, never its text."""
+    prompts = tmp_path / "reports.txt"
+    prompts.write_text("\n".join(PROMPTS) + "\n")
+    sample.run(gen_cfg(tmp_path, pipeline_dir, f"prompts_file={prompts}", "n=1", "dicom=true"))
+    key = bytes.fromhex((tmp_path / "deid.key").read_text().strip())
+    lines = manifest(tmp_path / "run")
+    for ln, prompt in zip(lines, PROMPTS, strict=True):
+        assert ln["prompt_policy"] == "hash" and "prompt" not in ln
+        assert ln["prompt_hash"] == prompt_hash(prompt, key)
+        assert png_text(tmp_path / "run" / ln["file"])["prompt_hash"] == ln["prompt_hash"]
+    for path in (tmp_path / "run").rglob("*"):
+        if path.is_file():
+            assert not any(p.encode() in path.read_bytes() for p in PROMPTS), path
+    sample.run(gen_cfg(tmp_path, pipeline_dir, f"prompts_file={prompts}", "n=1",
+                       "prompt_policy=text", name="public"))
+    assert [ln["prompt"] for ln in manifest(tmp_path / "public")] == PROMPTS
+    with pytest.raises(ConfigError, match="prompt_policy='secret'"):
+        sample.run(gen_cfg(tmp_path, pipeline_dir, f"prompt={PROMPTS[0]}",
+                           "prompt_policy=secret", name="bad"))
 
 
 @pytest.mark.parametrize("name", ["ddim", "ddpm"])

@@ -310,3 +310,106 @@ def test_a_broken_index_is_one_line(sd_folder, tmp_path):
         with pytest.raises(InputError, match="model_index.json") as e:
             pipeline.load_pipeline(folder, "cpu")
         assert "\n" not in str(e.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# a CLIP folder's open_clip_config.json: no download, no file, no code
+
+
+@pytest.fixture(scope="module")
+def clip_run(tmp_path_factory) -> Path:
+    """The workbench's own saved CLIP (a train-clip run folder with ``clip/``)."""
+    from tests.helpers.clip import tiny_clip_dir
+
+    return tiny_clip_dir(tmp_path_factory.mktemp("clip_run"))
+
+
+@pytest.fixture
+def no_open_clip(monkeypatch):
+    """open_clip's builders, replaced by a recorder that fails the test if reached."""
+    import open_clip
+
+    calls = []
+
+    def record(*args, **kwargs):
+        calls.append(args)
+        raise RuntimeError("open_clip was asked to build the folder")
+
+    monkeypatch.setattr(open_clip, "create_model_and_transforms", record)
+    monkeypatch.setattr(open_clip, "get_tokenizer", record)
+    return calls
+
+
+def _clip_copy(clip_run: Path, tmp_path: Path, edit) -> Path:
+    """A copy of ``clip_run`` whose open_clip_config.json went through ``edit(cfg)``."""
+    run = tmp_path / "run"
+    shutil.copytree(clip_run, run)
+    path = run / "clip" / "open_clip_config.json"
+    cfg = json.loads(path.read_text())
+    edit(cfg)
+    path.write_text(json.dumps(cfg))
+    return run
+
+
+def _set(section: str, key: str, value):
+    def edit(cfg):
+        node = cfg
+        for part in filter(None, section.split(".")):
+            node = node.setdefault(part, {})
+        node[key] = value
+    return edit
+
+
+@pytest.mark.parametrize(("section", "key", "value", "phrase"), [
+    ("model_cfg.vision_cfg", "timm_model_pretrained", True, "download"),
+    ("model_cfg.text_cfg", "hf_model_pretrained", True, "download"),
+    ("model_cfg.vision_cfg", "timm_model_name", "hf-hub:timm/resnet18.a1_in1k", "hf-hub:"),
+    ("model_cfg.vision_cfg", "timm_model_name", "local-dir:/tmp/model", "local-dir:"),
+    ("model_cfg.text_cfg", "hf_model_name", "microsoft/BiomedNLP-PubMedBERT", "path"),
+    ("model_cfg.text_cfg", "hf_model_name", "..\\models\\bert", "path"),
+    ("model_cfg.text_cfg", "hf_tokenizer_name", "/etc/tokenizer", "path"),
+    ("model_cfg.text_cfg", "tokenizer_kwargs", {"trust_remote_code": True}, "trust_remote_code"),
+    ("model_cfg.text_cfg", "tokenizer_kwargs", {"cache_dir": "/tmp"}, "cache_dir"),
+    ("model_cfg.text_cfg", "width", "/etc/passwd", "not a number"),
+    ("model_cfg.vision_cfg", "width", 1e12, "not a number"),
+    ("model_cfg.vision_cfg", "norm_kwargs", {"eps": "/x"}, "plain values"),
+    ("model_cfg", "pretrained", "laion2b", "not an open_clip setting"),
+    ("model_cfg", "checkpoint_path", "/tmp/w.bin", "not an open_clip setting"),
+    ("preprocess_cfg", "file", "/tmp/x", "not an open_clip setting"),
+    ("", "hf_hub_id", "org/model", "not an open_clip setting"),
+])
+def test_clip_config_cannot_make_open_clip_load_or_fetch(clip_run, tmp_path, no_open_clip,
+                                                         section, key, value, phrase):
+    from biomed.imaging.clip import model as cm
+
+    run = _clip_copy(clip_run, tmp_path, _set(section, key, value))
+    for load in (lambda: cm.load_clip(run), lambda: pretrained.load_clip(run, "cpu")):
+        with pytest.raises(InputError) as e:
+            load()
+        msg = str(e.value)
+        assert "\n" not in msg and "open_clip_config.json" in msg and key in msg, msg
+        assert phrase in msg, msg
+    assert no_open_clip == []  # refused before open_clip built anything
+
+
+def test_the_workbench_clip_and_open_clips_own_configs_pass(clip_run, tmp_path):
+    import open_clip
+
+    from biomed.imaging.clip import model as cm
+    from biomed.imaging.clip.folder_config import config_problem
+
+    for load in (lambda: cm.load_clip(clip_run), lambda: pretrained.load_clip(clip_run, "cpu"),
+                 lambda: cm.load_clip(clip_run / "clip")):
+        loaded = load()
+        assert loaded.model is not None and loaded.tokenizer(["No effusion."]).shape[0] == 1
+    # every architecture open_clip ships passes, but for Hugging Face repository ids
+    shipped = sorted((Path(open_clip.__file__).parent / "model_configs").glob("*.json"))
+    assert len(shipped) > 50
+    for f in shipped:
+        model_cfg = json.loads(f.read_text())
+        for key in ("hf_model_name", "hf_tokenizer_name"):
+            if "/" in model_cfg["text_cfg"].get(key, ""):
+                model_cfg["text_cfg"][key] = "bert-base-uncased"
+        cfg = {"model_cfg": model_cfg, "preprocess_cfg": {"size": 224, "mean": [0.5] * 3,
+                                                          "std": [0.5] * 3, "mode": "RGB"}}
+        assert config_problem(cfg) is None, f.name

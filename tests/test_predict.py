@@ -21,6 +21,7 @@ from biomed.imaging.classifier import model as C
 from biomed.imaging.classifier import predict as P
 from biomed.imaging.core import pixels
 from biomed.imaging.dicom import deid
+from biomed.imaging.dicom.read import ReadOptions
 from biomed.imaging.dicom.write import synthetic_dataset
 from tests.helpers.classifier import tiny_classifier_dir
 
@@ -191,3 +192,69 @@ def test_clip_dir_gives_zero_shot_scores(tmp_path, inputs, monkeypatch):
     assert calls == [(str(clip_dir), (2, 24, 24)), (str(clip_dir), (1, 24, 24))]
     want = pixels.resize(pixels.read_image(inputs / "a.png"), 24).mean()
     assert float(rows[0]["cardiomegaly"]) == pytest.approx(want, abs=1e-5)
+
+
+class PanicException(BaseException):
+    """What a Rust decoder raises (pyo3): a BaseException that `except Exception` misses."""
+
+
+def test_any_decoder_failure_is_one_skipped_file(tmp_path, inputs, classifier_dir,
+                                                 monkeypatch):
+    def panic(self, ds, path, **kw):
+        raise PanicException(f"index out of bounds reading {path}")
+
+    monkeypatch.setattr(deid.Deidentifier, "deidentify", panic)
+    metrics = P.run(predict_cfg(tmp_path, f"classifier_dir={classifier_dir}",
+                                f"inputs={inputs}"))
+    assert metrics["predicted"] == 2 and metrics["skipped"] == 2
+    reasons = [r["reason"] for r in read_csv(tmp_path / "out" / "skipped.csv")]
+    assert "cannot read: PanicException: index out of bounds reading <file>" in reasons
+    assert not [r for r in reasons if "HOLLOWAY" in r or UID in r]
+
+    def interrupted(self, ds, path, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(deid.Deidentifier, "deidentify", interrupted)
+    with pytest.raises(KeyboardInterrupt):  # Ctrl-C still stops
+        P.run(predict_cfg(tmp_path, f"classifier_dir={classifier_dir}", f"inputs={inputs}"))
+
+
+def test_the_run_records_no_input_path(tmp_path, classifier_dir, monkeypatch):
+    """provenance.json's command line, .hydra/ and a failure's message: the inputs= paths of a
+    run whose inputs are de-identified appear as keyed hashes only."""
+    folder = tmp_path / "DOE_JOHN_123"
+    pixels.write_png16(folder / "a.png", gradient(32, 32, 0))
+    overrides = [f"classifier_dir={classifier_dir}", f"inputs={folder}"]
+    monkeypatch.setattr(sys, "argv", ["biomed", "predict", *overrides])
+    P.run(predict_cfg(tmp_path, *overrides))
+    out = tmp_path / "out"
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["argv"][-1].startswith("inputs=<input:") and prov["argv"][-2] == overrides[0]
+    for path in out.rglob("*"):
+        if path.is_file():
+            assert "DOE_JOHN_123" not in path.read_text(errors="replace"), path
+
+    gone = [f"classifier_dir={classifier_dir}", f"inputs={tmp_path / 'SMITH_JANE_456'}"]
+    monkeypatch.setattr(sys, "argv", ["biomed", "predict", *gone])
+    with pytest.raises(InputError, match="SMITH_JANE_456: no such file"):  # the user sees it
+        P.run(predict_cfg(tmp_path, *gone))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["status"] == "failed" and "no such file" in metrics["error"]
+    for path in out.rglob("*"):
+        if path.is_file():
+            assert "SMITH_JANE_456" not in path.read_text(errors="replace"), path
+
+
+def test_pillow_images_are_capped(tmp_path, classifier_dir, monkeypatch):
+    from biomed.imaging.dicom import guard
+
+    folder = tmp_path / "in"
+    pixels.write_png16(folder / "a.png", gradient(32, 32, 0))
+    pixels.write_png16(folder / "big.png", gradient(64, 64, 0))
+    monkeypatch.setattr(P, "ReadOptions", lambda **kw: ReadOptions(
+        **kw, limits=guard.Limits(max_pixels=2000)))
+    metrics = P.run(predict_cfg(tmp_path, f"classifier_dir={classifier_dir}",
+                                f"inputs={folder}"))
+    assert metrics["predicted"] == 1 and metrics["skipped"] == 1
+    [row] = read_csv(tmp_path / "out" / "skipped.csv")
+    assert "image too large: the image header declares 64x64" in row["reason"]

@@ -147,7 +147,8 @@ def train_lm(cfg: DictConfig, run_dir: str | Path, log=print) -> dict[str, Any]:
             every=int(cfg.optim.hessian_every), seed=int(cfg.seed)))
     result = engine.fit(model, train, lm_loss, optim=cfg.optim, eval_fn=eval_fn,
                         collate_fn=tok_data.TokenChunks.collate, callbacks=callbacks,
-                        tokens_per_sample=context)
+                        tokens_per_sample=context,
+                        resume_fingerprint={"model": cfg.lm, "data": cfg.get("data")})
 
     metrics = _final_metrics(cfg, engine, result, train_tokens, val_final, folder, eval_bs)
     metrics.update(data_prep_seconds=data_seconds, corpus=str(corpus), corpus_sha256=corpus_sha)
@@ -232,13 +233,7 @@ def _source_files(cfg: DictConfig) -> list[str]:
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train the language model of ``cfg`` (``conf/train_lm.yaml``) in its run folder."""
-    from accelerate import PartialState
-
-    with runs.experiment(cfg, _source_files(cfg)) as run_dir:
-        metrics = train_lm(cfg, run_dir)
-        if PartialState().is_main_process:
-            runs.finish_run(run_dir, metrics)
-    return metrics
+    return runs.train_command(cfg, train_lm, _source_files(cfg))
 
 
 main = hydra_app("train_lm")(run)

@@ -47,8 +47,9 @@ from biomed.imaging.core import pixels
 from biomed.imaging.data.read import read_image_file
 from biomed.imaging.dicom import deid as deid_mod
 from biomed.imaging.dicom.guard import decoder_errors
-from biomed.imaging.dicom.ingest import default_key_file, find_files
+from biomed.imaging.dicom.ingest import default_key_file
 from biomed.imaging.dicom.read import ReadOptions, dataset_to_image, read_dataset
+from biomed.imaging.dicom.walk import find_files
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
 PREDICTIONS = "predictions.csv"
@@ -130,8 +131,9 @@ def _source(f: InputFile, deid: deid_mod.Deidentifier, hash_paths: bool) -> str:
 def _reason(e: InputError, f: InputFile) -> str:
     reason = e.reason
     for text in sorted({str(f.path), str(f.path.resolve()), f.rel, f.path.name}, key=len,
-                       reverse=True):  # paths may hold patient names
-        reason = reason.replace(text, "<file>")
+                       reverse=True):  # paths may hold patient names (short ones do not)
+        if len(text) >= 5:
+            reason = reason.replace(text, "<file>")
     return reason[:500]
 
 

@@ -153,7 +153,8 @@ def fit_classifier(cfg: DictConfig, splits: Mapping[str, Any], run_dir: str | Pa
 
     t0 = time.perf_counter()
     result = engine.fit(model, train, loss_fn, optim=cfg.optim, collate_fn=Collate(columns),
-                        eval_fn=eval_fn if periodic is not None else None)
+                        eval_fn=eval_fn if periodic is not None else None,
+                        resume_fingerprint={"model": cfg.classifier, "data": cfg.get("data")})
     wall = time.perf_counter() - t0
     if not engine.is_main:
         return {}
@@ -233,13 +234,7 @@ def _log_summary(metrics: Mapping[str, Any], log) -> None:
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train the classifier of ``cfg`` (``conf/train_classifier.yaml``) in its run folder."""
-    from accelerate import PartialState
-
-    with runs.experiment(cfg, runs.data_files(cfg)) as run_dir:
-        metrics = train_classifier(cfg, run_dir)
-        if PartialState().is_main_process:
-            runs.finish_run(run_dir, metrics)
-    return metrics
+    return runs.train_command(cfg, train_classifier, runs.data_files(cfg))
 
 
 main = hydra_app("train_classifier")(run)

@@ -45,6 +45,7 @@ import numpy as np
 import torch
 
 from biomed.errors import ConfigError, InputError
+from biomed.imaging.clip.folder_config import check_clip_config
 from biomed.imaging.core import pixels
 from biomed.imaging.core.labels import CANONICAL_NAMES
 
@@ -242,7 +243,9 @@ def resolve_clip_dir(path: str | Path) -> Path:
 
 
 def read_config(clip_dir: Path) -> dict[str, Any]:
-    """``open_clip_config.json`` of a folder, checked for the keys open_clip needs."""
+    """``open_clip_config.json`` of a folder, checked for the keys open_clip needs and against
+    the allow-list of `biomed.imaging.clip.folder_config` (a folder chooses no download, no
+    file and no code)."""
     path = clip_dir / CONFIG_NAME
     try:
         cfg = json.loads(path.read_text(encoding="utf-8"))
@@ -253,6 +256,7 @@ def read_config(clip_dir: Path) -> dict[str, Any]:
             k in model_cfg for k in ("embed_dim", "vision_cfg", "text_cfg")):
         raise InputError(path, "not an open_clip config: needs model_cfg with embed_dim, "
                                "vision_cfg and text_cfg")
+    check_clip_config(path, cfg)  # no download, file or code chosen by the folder
     return cfg
 
 

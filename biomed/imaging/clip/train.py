@@ -235,7 +235,8 @@ def fit_clip(cfg: DictConfig, splits: Mapping[str, Any], run_dir: str | Path,
         result = engine.fit(
             model, Subset(train_ds, idx), ContrastiveLoss(pp, augment), optim=cfg.optim,
             eval_fn=(lambda m: _val_numbers(engine.unwrap(m), tokenizer, val, bs, device))
-            if val is not None else None, collate_fn=PairCollate(tokenizer, pp))
+            if val is not None else None, collate_fn=PairCollate(tokenizer, pp),
+            resume_fingerprint={"model": cfg.clip, "data": cfg.get("data")})
         plain = engine.unwrap(engine.model)
         state = engine.accelerator.get_state_dict(engine.model)
     else:  # evaluate only (e.g. a pretrained folder as it is)
@@ -311,15 +312,12 @@ def _save(cfg, plain, state, model_cfg, pp, tok_dir, out: Path, metrics, params,
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train (or fine-tune, or only evaluate) the CLIP of ``cfg`` (``conf/train_clip.yaml``)."""
-    from accelerate import PartialState
-
-    with runs.experiment(cfg, runs.data_files(cfg)) as run_dir:
+    def timed(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         t0 = time.perf_counter()
         metrics = train_clip(cfg, run_dir)
-        metrics["total_seconds"] = time.perf_counter() - t0
-        if PartialState().is_main_process:
-            runs.finish_run(run_dir, metrics)
-    return metrics
+        return {**metrics, "total_seconds": time.perf_counter() - t0}
+
+    return runs.train_command(cfg, timed, runs.data_files(cfg))
 
 
 main = hydra_app("train_clip")(run)

@@ -79,6 +79,10 @@ class FileDataset(XrayDataset):
         name: a short name for messages (defaults to the config name).
         progress: show a progress bar while building the cache.
         workers: threads decoding while building the cache (default: up to 4).
+        prompt_policy: what provenance of images generated from this dataset's reports records
+            of each prompt: ``"hash"`` (the default: a real dataset's reports may not be
+            redistributed) or ``"text"`` (public report text); see
+            `biomed.imaging.dicom.write.PROMPT_POLICIES`.
     """
 
     name = "xray"
@@ -94,7 +98,10 @@ class FileDataset(XrayDataset):
                  views: Sequence[str] | None = None, size: int | Sequence[int] | None = None,
                  cache_dir: str | Path | None = None, transform: Callable | None = None,
                  name: str | None = None, progress: bool = True,
-                 workers: int | None = None) -> None:
+                 workers: int | None = None, prompt_policy: str = "hash") -> None:
+        from biomed.imaging.dicom.write import check_prompt_policy
+
+        self.prompt_policy = check_prompt_policy(prompt_policy)
         name = name or self.name
         if labels not in LABEL_SPACES:
             raise ConfigError(f"labels={labels!r}: choose 'dataset' or 'canonical'")

@@ -8,9 +8,11 @@ decodes 377,000 of them. The cache decodes and resizes each source file once, st
 Layout under ``<cache_dir>/<H>x<W>/``:
 
 - ``index.jsonl``: a header line, then one JSON line per source file: ``{"key": K, "slot": n}``
-  or ``{"key": K, "bad": reason}``. The key is the source's real path, byte size and mtime
-  (plus a reader variant), so an edited or replaced file is decoded again and an unchanged one
-  never is. Lines are only appended, after the pixels they point at are flushed: an
+  or ``{"key": K, "bad": reason}``. The key is a SHA-256 of the source's real path, byte size
+  and mtime (plus a reader variant), so an edited or replaced file is decoded again and an
+  unchanged one never is, and no folder or file name (``DOE_JOHN_123/IM1``) reaches the cache.
+  A ``biomed-image-cache-v1`` index (whose keys were the plain paths) is removed with its shards
+  and rebuilt, with one warning. Lines are only appended, after the pixels they point at are flushed: an
   interrupted build loses at most the last chunk, and the next build resumes from the index.
 - ``shard-00000.npy``, ...: ``uint16`` arrays of ``shard_size x H x W`` (plain ``.npy``: they
   open with ``np.load(mmap_mode="r")``); slot ``n`` is row ``n % shard_size`` of shard
@@ -24,6 +26,7 @@ builds (they are not decoded twice either); the count is reported.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -43,7 +46,8 @@ __all__ = ["FORMAT", "BuildResult", "ImageCache"]
 
 log = logging.getLogger(__name__)
 
-FORMAT = "biomed-image-cache-v1"
+FORMAT = "biomed-image-cache-v2"  # v2: keys are hashes of the source path (v1: the path)
+_OLD_FORMATS = ("biomed-image-cache-v1",)  # rebuilt: their keys hold source paths
 _CHUNK = 64  # images decoded between two index appends
 
 Decoder = Callable[[Path, tuple[int, int]], np.ndarray]
@@ -57,6 +61,11 @@ class BuildResult:
     bad: dict[str, str] = field(default_factory=dict)  # source path -> reason
     decoded: int = 0  # decoded by this call
     reused: int = 0  # found in the cache
+
+
+def _digest(text: str) -> str:
+    """The index key for ``text`` (a path and its stat): SHA-256, hex."""
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 class ImageCache:
@@ -90,16 +99,18 @@ class ImageCache:
 
     @staticmethod
     def key(path: str | Path, variant: str = "") -> str:
-        """The index key of a source file; raises FileNotFoundError for a missing one."""
+        """The index key of a source file (a hash: no path is stored); raises
+        FileNotFoundError for a missing one."""
         st = os.stat(path)
-        return f"{os.path.realpath(path)}|{st.st_size}|{st.st_mtime_ns}|{variant}"
+        return _digest(f"{os.path.realpath(path)}|{st.st_size}|{st.st_mtime_ns}|{variant}")
 
     def _header(self) -> dict:
         return {"format": FORMAT, "size": list(self.size), "dtype": "uint16",
                 "shard_size": self.shard_size}
 
-    def _load_index(self) -> None:
-        """Read the index (the last line for a key wins); drop a torn last line."""
+    def _load_index(self, locked: bool = False) -> None:
+        """Read the index (the last line for a key wins); drop a torn last line. An index of an
+        old format is read as empty and, when ``locked`` (a build), removed with its shards."""
         raw = self.index_path.read_bytes()
         if raw and not raw.endswith(b"\n"):  # interrupted mid-append: cut the partial line
             raw = raw[: raw.rfind(b"\n") + 1]
@@ -112,6 +123,16 @@ class ImageCache:
             header = json.loads(lines[0])
         except json.JSONDecodeError:
             header = {}
+        if header.get("format") in _OLD_FORMATS and header.get("size") == list(self.size):
+            self._entries, self._bad, self._next = {}, {}, 0
+            if locked:
+                log.warning("%s: an image cache of the old format %s (its index holds source "
+                            "paths): removed, rebuilding", self.dir, header["format"])
+                self._close_shards()
+                for shard in self.dir.glob("shard-*.npy"):
+                    shard.unlink()
+                self.index_path.unlink()
+            return
         if header.get("format") != FORMAT or header.get("size") != list(self.size):
             raise ConfigError(f"{self.index_path}: not a {FORMAT} index for size "
                               f"{self.size[0]}x{self.size[1]}; remove the folder or choose "
@@ -214,7 +235,7 @@ class ImageCache:
         result = BuildResult(slots=[None] * len(paths))
         with self._lock():
             if self.index_path.is_file():
-                self._load_index()
+                self._load_index(locked=True)
             todo: dict[str, list[int]] = {}  # key -> positions asking for it
             where: dict[str, Path] = {}
             missing: list[dict] = []
@@ -224,9 +245,10 @@ class ImageCache:
                 except OSError as e:
                     reason = "file not found" if isinstance(e, FileNotFoundError) else str(e)
                     result.bad[str(p)] = reason
-                    if self._bad.get(f"{p}|missing") != reason:
-                        missing.append({"key": f"{p}|missing", "bad": reason})
-                        self._bad[f"{p}|missing"] = reason
+                    gone = _digest(f"{p}|missing")
+                    if self._bad.get(gone) != reason:
+                        missing.append({"key": gone, "bad": reason})
+                        self._bad[gone] = reason
                     continue
                 if k in self._entries:
                     result.slots[i] = self._entries[k]

@@ -29,7 +29,7 @@ from biomed.errors import InputError
 
 __all__ = ["BurnedInAnnotation", "burned_in_reason", "check_burned_in"]
 
-# Secondary Capture Image Storage and its four multi-frame forms (PS3.4 B.5): 1.2.840.10008.5.1.4.1.1.7[.n]
+# Secondary Capture Image Storage (PS3.4 B.5) and its four multi-frame forms (.7.1 to .7.4)
 _SC_CLASS = "1.2.840.10008.5.1.4.1.1.7"
 _SECONDARY_MODALITIES = ("OT", "US", "SC")
 _OPT_IN = "kept out; opt in with --allow-burned-in / allow_burned_in=True"
@@ -75,7 +75,8 @@ def burned_in_reason(ds: Dataset) -> str | None:
     """Why the pixels of ``ds`` may identify the patient (the policy above), or None."""
     burned = _values(ds, "BurnedInAnnotation")
     if burned == ["YES"]:
-        return f"Burned In Annotation is YES (text in the pixels may identify the patient): {_OPT_IN}"
+        return ("Burned In Annotation is YES (text in the pixels may identify the patient): "
+                + _OPT_IN)
     if burned is not None and burned != ["NO"]:
         return (f"Burned In Annotation is {_describe(burned)}, not NO (text in the pixels may "
                 f"identify the patient): {_OPT_IN}")

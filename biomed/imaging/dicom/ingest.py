@@ -70,6 +70,7 @@ from biomed.imaging.dicom.outdir import (
     out_dir_lock,
 )
 from biomed.imaging.dicom.read import ReadOptions, dataset_to_image, read_dataset
+from biomed.imaging.dicom.walk import find_files
 from biomed.outpaths import check_creatable
 
 PNG_COMPRESSION = 3  # zlib's fast strategy: within ~2% of level 6 on radiographs, much faster
@@ -163,10 +164,11 @@ def _process(task: tuple[str, str, str, str]) -> dict[str, Any]:
 
 
 def clean_reason(reason: str, path: str, rel: str) -> str:
-    """A one-line reason without the file's path (paths may hold patient names)."""
+    """A one-line reason without the file's path (paths may hold patient names). Names under
+    5 characters (``1``, ``IM1``) are left: they name no one, and would hit ordinary words."""
     for text in sorted({path, os.path.realpath(path), rel, Path(path).name}, key=len,
                        reverse=True):
-        if text:
+        if len(text) >= 5:
             reason = reason.replace(text, "<file>")
     reason = " ".join(reason.split())
     return reason if len(reason) <= 500 else reason[:497] + "..."
@@ -257,72 +259,11 @@ def _write_dicom(clean: Any, decoded: Any, path: Path) -> None:
     tmp.replace(path)
 
 
+default_key_file = deid_mod.default_key_file  # $BIOMED_CACHE/deid.key (`keys.py`)
+
+
 # ---------------------------------------------------------------------------------------------
 # the batch
-
-
-def _inside(path: Path, root: Path) -> bool:
-    return path == root or root in path.parents
-
-
-def _resolve(p: Path) -> Path:
-    try:
-        return p.resolve()
-    except (OSError, RuntimeError):  # a cycle of links (RuntimeError before Python 3.13)
-        return p
-
-
-def find_files(src: Path, exclude: Path | None = None,
-               refused: list[tuple[Path, str]] | None = None) -> list[Path]:
-    """Every regular file under ``src``, each once, sorted per folder; hidden files
-    (``.DS_Store``...) are ignored. Symbolic links are followed only while they stay inside
-    ``src``: a link out of it or a broken one is left out (and added to ``refused`` with the
-    reason, when given); a folder reached twice (a link cycle) is walked once."""
-    root = Path(src).resolve()
-    seen_dirs: set[tuple[int, int]] = set()
-    seen_files: set[str] = set()
-    files: list[Path] = []
-
-    def refuse(p: Path, why: str) -> None:
-        if refused is not None:
-            refused.append((p, why))
-
-    for dirpath, dirs, names in os.walk(src, followlinks=True):
-        d = Path(dirpath)
-        st = os.stat(d)
-        if (st.st_dev, st.st_ino) in seen_dirs:
-            dirs[:] = []
-            continue
-        seen_dirs.add((st.st_dev, st.st_ino))
-        keep = []
-        for name in sorted(dirs):
-            p = d / name
-            if name.startswith(".") or (exclude is not None and _resolve(p) == exclude):
-                continue
-            if p.is_symlink() and not _inside(_resolve(p), root):
-                refuse(p, "a symbolic link to a folder outside SRC_DIR (not followed)")
-                continue
-            keep.append(name)
-        dirs[:] = keep
-        for name in sorted(names):
-            p = d / name
-            if name.startswith("."):
-                continue
-            if p.is_symlink() and not p.exists():
-                refuse(p, "a broken symbolic link (or a cycle of links)")
-                continue
-            real = _resolve(p)
-            if p.is_symlink() and not _inside(real, root):
-                refuse(p, "a symbolic link to a file outside SRC_DIR (not followed)")
-                continue
-            if not p.is_file() or str(real) in seen_files:
-                continue
-            seen_files.add(str(real))
-            files.append(p)
-    return files
-
-
-default_key_file = deid_mod.default_key_file  # $BIOMED_CACHE/deid.key (`keys.py`)
 
 
 def ingest(src_dir: str | Path, out_dir: str | Path, settings: IngestSettings | None = None, *,
@@ -375,7 +316,6 @@ def _ingest_locked(src: Path, out: Path, settings: IngestSettings, key: bytes,
     cut_torn_tail(marks.path)
     # started by an earlier run that died before recording any outcome: isolated first
     unresolved = marks.read() - done - failed
-    marks.rewrite(sorted(unresolved))
     skip = set() if retry_failed else failed
 
     refused: list[tuple[Path, str]] = []
@@ -400,6 +340,8 @@ def _ingest_locked(src: Path, out: Path, settings: IngestSettings, key: bytes,
             continue
         task = Task(image_id, rel, (str(path), rel, source, image_id))
         (suspects if image_id in unresolved else tasks).append(task)
+
+    marks.rewrite([t.id for t in suspects])  # the marks of finished files are spent
 
     def crashed(task: Task, reason: str) -> dict[str, Any]:
         _, _, source, image_id = task.args

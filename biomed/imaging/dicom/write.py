@@ -67,6 +67,12 @@ def prompt_provenance(prompt: str, policy: str, salt: bytes | None = None) -> di
     return {"prompt_policy": "hash", "prompt_hash": prompt_hash(prompt, salt)}
 
 
+def dataset_prompt_policy(dataset: object) -> str:
+    """The prompt policy of a dataset whose reports are the prompts: its ``prompt_policy``
+    (set by its data config), ``hash`` when it has none."""
+    return check_prompt_policy(str(getattr(dataset, "prompt_policy", None) or "hash"))
+
+
 def synthetic_dataset(img: np.ndarray, *, model_id: str, prompt: str, salt: bytes,
                       seed: int | None = None, steps: int | None = None,
                       guidance: float | None = None, view_position: str = "PA",

@@ -426,7 +426,8 @@ def train_unet(cfg: DictConfig, run_dir: Path, comps: dc.Components, prompts: li
         f"parameters on {len(train)} cached latents {tuple(latents[0].shape[1:])}")
     result = engine.fit(model, train, lambda m, b: m(b), optim=component_optim(cfg.optim),
                         eval_fn=validation, collate_fn=LatentPairs.collate,
-                        callbacks=[EmaCallback()])
+                        callbacks=[EmaCallback()],
+                        resume_fingerprint={"model": cfg.diffusion, "data": cfg.get("data")})
     seconds = engine.state.train_seconds
     images = result.step * engine.cfg.batch_size * engine.cfg.grad_accum * \
         engine.accelerator.num_processes
@@ -488,13 +489,7 @@ def save(cfg: DictConfig, engine: Engine, comps: dc.Components, metrics: dict[st
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train the text-to-X-ray diffusion model of ``cfg`` (``conf/train_diffusion.yaml``)."""
-    from accelerate import PartialState
-
-    with runs.experiment(cfg, runs.data_files(cfg)) as run_dir:
-        metrics = train_diffusion(cfg, run_dir)
-        if PartialState().is_main_process:
-            runs.finish_run(run_dir, metrics)
-    return metrics
+    return runs.train_command(cfg, train_diffusion, runs.data_files(cfg))
 
 
 main = hydra_app("train_diffusion")(run)

@@ -173,6 +173,8 @@ class PhantomIU(XrayDataset):
             None: `biomed.imaging.phantom.render.render_with_info`.
         progress: show a progress bar while rendering.
         transform: applied to each item's image.
+        prompt_policy: what provenance of images generated from these reports records of each
+            prompt: ``"text"`` (the IU reports are public text, CC BY-NC-ND 4.0) or ``"hash"``.
     """
 
     name = "phantom_iu"
@@ -187,7 +189,11 @@ class PhantomIU(XrayDataset):
                  seed: int = 0, cache_dir: str | Path | None = None,
                  max_reports: int | None = None, renderer: Renderer | str | None = None,
                  progress: bool = True, transform: Callable | None = None,
-                 name: str | None = None, workers: int | None = None) -> None:
+                 name: str | None = None, workers: int | None = None,
+                 prompt_policy: str = "text") -> None:
+        from biomed.imaging.dicom.write import check_prompt_policy
+
+        self.prompt_policy = check_prompt_policy(prompt_policy)
         if name:
             self.name = name
         if split is not None and split not in SPLITS:
