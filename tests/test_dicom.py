@@ -18,6 +18,7 @@ from pydicom.sequence import Sequence
 from biomed import sources
 from biomed.errors import ConfigError, InputError
 from biomed.imaging.dicom import read as dicom
+from biomed.imaging.dicom import voi
 from biomed.imaging.dicom.read import ReadOptions, read_dicom
 from biomed.imaging.dicom.write import prompt_hash, synthetic_dataset, write_synthetic_dicom
 from tests.helpers.dicom import make_dataset, save, truncated_j2k
@@ -99,7 +100,7 @@ def test_rg1_reduced_resolution_jpeg2000(rg1):
 
 
 def _ramp(bits: int, signed: bool = False) -> np.ndarray:
-    lo, hi = dicom.stored_range(bits, signed)
+    lo, hi = voi.stored_range(bits, signed)
     return np.linspace(lo, hi, 64 * 48).round().reshape(64, 48)
 
 
@@ -421,7 +422,7 @@ def test_synthetic_dicom_is_marked_and_reads_back_with_the_same_pixels(tmp_path)
 def test_values_beyond_bits_stored_are_read_wider_and_said():
     """A codestream more precise than the header's Bits Stored: trusted, and noted."""
     ds = make_dataset(pixels=np.array([[0, 4095]]), window=None)
-    image, desc = dicom.gray_to_float(ds, np.array([[0, 8191]], np.uint16), 12, False, "full")
+    image, desc = voi.gray_to_float(ds, np.array([[0, 8191]], np.uint16), 12, False, "full")
     assert np.allclose(image, [[0, 1]]) and desc.endswith("values exceed Bits Stored: read as "
                                                           "13 bits")
 

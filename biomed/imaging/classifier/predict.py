@@ -24,7 +24,6 @@ paths as keyed hashes.
 
 from __future__ import annotations
 
-import csv
 import glob
 import importlib
 import inspect
@@ -50,6 +49,7 @@ from biomed.imaging.dicom.guard import decoder_errors
 from biomed.imaging.dicom.ingest import default_key_file
 from biomed.imaging.dicom.read import ReadOptions, dataset_to_image, read_dataset
 from biomed.imaging.dicom.walk import find_files
+from biomed.outpaths import write_csv_atomic
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
 PREDICTIONS = "predictions.csv"
@@ -293,8 +293,8 @@ def predict(cfg: DictConfig, run_dir: str | Path, log=print) -> dict[str, Any]:
     for batch in _batches(images, int(cfg.get("batch_size", 32))):
         scored = scorer.score([img for _, img in batch])
         rows += [{**meta, **s} for (meta, _), s in zip(batch, scored, strict=True)]
-    _write_csv(run_dir / PREDICTIONS, ["id", "source", "kind", *scorer.columns()], rows)
-    _write_csv(run_dir / SKIPPED, ["source", "reason"], skipped)
+    write_csv_atomic(run_dir / PREDICTIONS, ["id", "source", "kind", *scorer.columns()], rows)
+    write_csv_atomic(run_dir / SKIPPED, ["source", "reason"], skipped)
     metrics = {"model": scorer.kind, "model_dir": str(cfg.get("classifier_dir")
                                                       or cfg.get("clip_dir")),
                "inputs": len(files), "predicted": len(rows), "skipped": len(skipped),
@@ -305,15 +305,6 @@ def predict(cfg: DictConfig, run_dir: str | Path, log=print) -> dict[str, Any]:
     log(f"predict: {len(rows)} predicted, {len(skipped)} skipped{why} -> "
         f"{run_dir / PREDICTIONS}")
     return metrics
-
-
-def _write_csv(path: Path, columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
-    tmp.replace(path)
 
 
 def _model_files(cfg: DictConfig) -> list[Path]:

@@ -26,6 +26,7 @@ from typing import Any
 
 from biomed.errors import ConfigError, InputError
 from biomed.imaging.dicom.batch import cut_torn_tail
+from biomed.outpaths import write_csv_atomic
 
 MANIFEST = "manifest.csv"
 ERRORS = "errors.csv"
@@ -72,15 +73,6 @@ def _read_rows(path: Path, columns: Sequence[str]) -> list[dict[str, str]] | Non
         return list(reader)
 
 
-def _rewrite(path: Path, columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
-    tmp.replace(path)
-
-
 def load_done(out: Path) -> set[str]:
     """Ids already ingested: in the manifest and on disk (rows whose file is gone are dropped)."""
     path = out / MANIFEST
@@ -90,7 +82,7 @@ def load_done(out: Path) -> set[str]:
                          "new folder")
     keep = [r for r in rows if r.get("output") and (out / r["output"]).is_file()]
     if len(keep) != len(rows):
-        _rewrite(path, MANIFEST_COLUMNS, keep)
+        write_csv_atomic(path, MANIFEST_COLUMNS, keep)
     return {r["id"] for r in keep}
 
 
@@ -101,7 +93,7 @@ def load_failed(out: Path, retry: bool) -> set[str]:
     path = out / ERRORS
     rows = _read_rows(path, ERROR_COLUMNS)
     if rows is None or (retry and rows):
-        _rewrite(path, ERROR_COLUMNS, [])
+        write_csv_atomic(path, ERROR_COLUMNS, [])
     return {r["id"] for r in rows or () if r.get("id")}
 
 

@@ -36,7 +36,6 @@ the caller opts in; nothing returns a silently wrong image):
 
 from __future__ import annotations
 
-import io
 import math
 import struct
 import warnings
@@ -46,13 +45,15 @@ from typing import Any, Literal
 
 import numpy as np
 import pydicom
-from PIL import Image
 from pydicom import uid as dcm_uid
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 
 from biomed.errors import InputError
+from biomed.imaging.dicom.fields import Pixels as _Pixels
+from biomed.imaging.dicom.fields import int_field as _int
+from biomed.imaging.dicom.fields import text_field as _str
 from biomed.imaging.dicom.guard import (
     DEFAULT_LIMITS,
     DEFLATED,
@@ -62,8 +63,8 @@ from biomed.imaging.dicom.guard import (
     check_pixel_count,
     decoder_errors,
 )
-
-VoiMode = Literal["file", "full", "minmax"]
+from biomed.imaging.dicom.jpeg2000 import check_j2k_size, decode_j2k_reduced
+from biomed.imaging.dicom.voi import VoiMode, gray_to_float
 
 _UNDEFINED = 0xFFFFFFFF
 _J2K_SYNTAXES = {dcm_uid.JPEG2000Lossless, dcm_uid.JPEG2000}
@@ -358,26 +359,6 @@ def metadata(ds: Dataset, path: str | Path = "<dataset>") -> DicomMeta:
     )
 
 
-def _str(ds: Dataset, keyword: str) -> str | None:
-    try:
-        v = ds.get(keyword)
-    except Exception:  # a malformed value in a field we only report
-        return None
-    if v is None or v == "":
-        return None
-    if isinstance(v, pydicom.multival.MultiValue):
-        v = "\\".join(map(str, v))
-    return str(v).strip() or None
-
-
-def _int(ds: Dataset, keyword: str) -> int | None:
-    try:
-        v = ds.get(keyword)
-        return None if v is None or v == "" else int(v)
-    except (TypeError, ValueError):
-        return None
-
-
 def _spacing(ds: Dataset) -> tuple[tuple[float, float] | None, str | None]:
     """Pixel Spacing, else Imager Pixel Spacing; [0,0], missing or invalid is unknown."""
     for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
@@ -407,19 +388,6 @@ def _uid_name(value: str) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # pixels
-
-
-@dataclass(frozen=True)
-class _Pixels:
-    rows: int
-    columns: int
-    frames: int
-    samples: int
-    photometric: str
-    bits_allocated: int
-    bits_stored: int
-    signed: bool
-    syntax: str
 
 
 def read_dicom(path: str | Path, options: ReadOptions | None = None) -> DicomImage:
@@ -506,23 +474,8 @@ def _pixel_description(ds: Dataset, path: str | Path,
     if not dcm_uid.UID(syntax).is_encapsulated:
         _check_native_length(ds, px, path)
     elif syntax in _J2K_SYNTAXES:
-        _check_j2k_size(ds, px, path, limits)
+        check_j2k_size(ds, px, path, limits)
     return px
-
-
-def _check_j2k_size(ds: Dataset, px: _Pixels, path: str | Path, limits: Limits) -> None:
-    """A JPEG 2000 codestream states its own size, which a hostile file sets far beyond the
-    header's Rows x Columns: checked before OpenJPEG allocates it."""
-    from pydicom.encaps import generate_frames
-
-    try:
-        frame = next(generate_frames(ds.PixelData, number_of_frames=px.frames))
-    except Exception:
-        return  # the decoder reports an unreadable stream
-    if frame[:4] == b"\xff\x4f\xff\x51" and len(frame) >= 24:  # SOC SIZ
-        xsiz, ysiz, xo, yo = struct.unpack(">IIII", frame[8:24])
-        check_pixel_count(path, ysiz - yo, xsiz - xo, 1, px.samples, limits,
-                          where="the JPEG 2000 codestream")
 
 
 def _check_syntax(syntax: str, path: str | Path) -> None:
@@ -596,7 +549,7 @@ def _decode_gray(ds: Dataset, px: _Pixels, path: str | Path, frame: int | None,
                  notes: list[str] | None = None) -> np.ndarray:
     arr = None
     if decode_size and px.syntax in _J2K_SYNTAXES and px.frames == 1:
-        arr = _decode_j2k_reduced(ds, px, decode_size)
+        arr = decode_j2k_reduced(ds, px, decode_size)
     if arr is None:
         arr = _decode(ds, px, path, frame, notes)
     if arr.ndim != 2:
@@ -605,77 +558,6 @@ def _decode_gray(ds: Dataset, px: _Pixels, path: str | Path, frame: int | None,
     if arr.dtype.kind == "f":
         raise InputError(path, "decoded pixel data is floating point; integer expected")
     return arr
-
-
-def _decode_j2k_reduced(ds: Dataset, px: _Pixels,
-                        decode_size: int | tuple[int, int]) -> np.ndarray | None:
-    """Decode a JPEG 2000 frame at a coarser wavelet level, or None to decode in full.
-
-    A codestream of L decomposition levels holds the image at 1/2, 1/4 ... 1/2**L size; decoding
-    only the levels needed (OpenJPEG's ``reduce``, through Pillow) skips most of the entropy
-    decoding. Taken only when the codestream is plain (one unsigned component whose precision is
-    Bits Stored) and Pillow's rounding of the reduced size agrees with the codestream's (it
-    rounds half up where JPEG 2000 takes the ceiling), so the result is exactly what a full
-    decode's lowest-resolution band would give.
-    """
-    from pydicom.encaps import generate_frames
-
-    try:
-        frame = next(generate_frames(ds.PixelData, number_of_frames=1))
-        siz = _j2k_header(frame)
-    except Exception:
-        return None
-    if siz is None:
-        return None
-    width, height, precision, signed, levels = siz
-    if signed or px.signed or precision != px.bits_stored or (height, width) != (px.rows,
-                                                                               px.columns):
-        return None
-    r = 0
-    while r < levels:
-        nxt = r + 1
-        size = (math.ceil(width / 2**nxt), math.ceil(height / 2**nxt))
-        pil = tuple(int((d + (1 << nxt >> 1)) / (1 << nxt)) for d in (width, height))
-        big_enough = (size[1] >= decode_size[0] and size[0] >= decode_size[1]
-                      if isinstance(decode_size, tuple) else max(size) >= decode_size)
-        if not big_enough or size != pil:
-            break
-        r = nxt
-    if r == 0:
-        return None
-    try:
-        with Image.open(io.BytesIO(frame)) as im:
-            im.reduce = r
-            im.load()
-            arr = np.asarray(im)
-    except Exception:
-        return None
-    if arr.ndim != 2 or arr.shape != (math.ceil(height / 2**r), math.ceil(width / 2**r)):
-        return None
-    if arr.dtype == np.uint16 and precision < 16:
-        arr = arr >> (16 - precision)  # Pillow scales N-bit samples up to 16 bits
-    return arr
-
-
-def _j2k_header(stream: bytes) -> tuple[int, int, int, bool, int] | None:
-    """(width, height, precision, signed, decomposition levels) from a raw J2K codestream."""
-    if stream[:4] != b"\xff\x4f\xff\x51":  # SOC then SIZ; a JP2 wrapper is not plain
-        return None
-    lsiz = struct.unpack(">H", stream[4:6])[0]
-    xsiz, ysiz, xo, yo = struct.unpack(">IIII", stream[8:24])
-    ncomp = struct.unpack(">H", stream[40:42])[0]
-    if ncomp != 1 or xo or yo:
-        return None
-    ssiz = stream[42]
-    pos = 4 + lsiz
-    while pos + 4 <= len(stream):
-        marker, length = struct.unpack(">HH", stream[pos:pos + 4])
-        if marker == 0xFF52:  # COD: Scod(1) SGcod(4) then SPcod starting with the levels
-            return xsiz, ysiz, (ssiz & 0x7F) + 1, bool(ssiz & 0x80), stream[pos + 9]
-        if marker == 0xFF90:  # first tile-part: no COD in the main header
-            return None
-        pos += 2 + length
-    return None
 
 
 def _colour_to_luma(ds: Dataset, px: _Pixels, path: str | Path,
@@ -696,155 +578,6 @@ def _colour_to_luma(ds: Dataset, px: _Pixels, path: str | Path,
                          "columns x 3")
     luma = arr[..., 0] * 0.299 + arr[..., 1] * 0.587 + arr[..., 2] * 0.114
     return np.clip(luma / top, 0.0, 1.0).astype(np.float32)
-
-
-# ---------------------------------------------------------------------------------------------
-# stored values -> [0, 1]: modality LUT, VOI, inversion, as one lookup table
-
-
-def stored_range(bits_stored: int, signed: bool) -> tuple[int, int]:
-    """The values Bits Stored can hold (PS3.5 8.1.1), e.g. 15 unsigned bits: 0..32767."""
-    if signed:
-        return -(1 << (bits_stored - 1)), (1 << (bits_stored - 1)) - 1
-    return 0, (1 << bits_stored) - 1
-
-
-def gray_to_float(ds: Dataset, stored: np.ndarray, bits_stored: int, signed: bool,
-                  voi: VoiMode = "file") -> tuple[np.ndarray, str]:
-    """Map stored grayscale values to the workbench image; returns (image, VOI description)."""
-    lo, hi = stored_range(bits_stored, signed)
-    smin, smax = int(stored.min()), int(stored.max())
-    note = ""
-    if smin < lo or smax > hi:
-        # Only a compressed codestream whose precision exceeds the header's Bits Stored gets
-        # here (native data is masked to Bits Stored). Trust the codestream and say so.
-        need = (max(smax.bit_length(), (-smin - 1).bit_length()) + 1 if signed
-                else smax.bit_length())
-        bits_stored = max(bits_stored, need)
-        lo, hi = stored_range(bits_stored, signed)
-        note = f", values exceed Bits Stored: read as {bits_stored} bits"
-    if bits_stored > 16:  # a 2**32-entry table is too big: transform the values themselves
-        values, desc = _transform(ds, stored.astype(np.float64), lo, hi, smin, smax, voi)
-        return values.astype(np.float32), desc + note
-    domain = np.arange(lo, hi + 1, dtype=np.float64)
-    table, desc = _transform(ds, domain, lo, hi, smin, smax, voi)
-    table = table.astype(np.float32)
-    index = stored if lo == 0 else (stored.astype(np.int32) - lo)
-    return table[index], desc + note
-
-
-def _transform(ds: Dataset, values: np.ndarray, lo: int, hi: int, smin: int, smax: int,
-               voi: VoiMode) -> tuple[np.ndarray, str]:
-    """Modality LUT, VOI, inversion applied to ``values`` (stored values as float64)."""
-    modality = _modality(ds, values, lo)
-    domain_m = _modality(ds, np.array([lo, hi, smin, smax], dtype=np.float64), lo)
-    if voi == "file":
-        out = _file_voi(ds, modality)
-        if out is None:
-            out, desc = _linear(modality, float(min(domain_m[:2])), float(max(domain_m[:2]))), \
-                "full range (no window in the file)"
-        else:
-            out, desc = out
-    elif voi == "full":
-        out, desc = _linear(modality, float(min(domain_m[:2])), float(max(domain_m[:2]))), \
-            "full range"
-    else:
-        out, desc = _linear(modality, float(min(domain_m[2:])), float(max(domain_m[2:]))), \
-            "image min..max"
-    if _inverted(ds):
-        out = 1.0 - out
-        desc += ", inverted (MONOCHROME1)"
-    return out, desc
-
-
-def _modality(ds: Dataset, values: np.ndarray, lo: int) -> np.ndarray:
-    """PS3.3 C.11.1: Modality LUT Sequence if present, else Rescale Slope/Intercept."""
-    seq = ds.get("ModalityLUTSequence")
-    if seq:
-        return _lut_lookup(seq[0], values, signed_first=lo < 0)[0]
-    try:
-        slope = float(ds.get("RescaleSlope", 1) or 1)
-        intercept = float(ds.get("RescaleIntercept", 0) or 0)
-    except (TypeError, ValueError):
-        slope, intercept = 1.0, 0.0
-    if not (math.isfinite(slope) and math.isfinite(intercept)):
-        raise ValueError(f"Rescale Slope {slope:g} / Intercept {intercept:g} is not finite")
-    if slope == 1.0 and intercept == 0.0:
-        return values
-    with np.errstate(over="ignore", invalid="ignore"):
-        out = values * slope + intercept
-    if not np.isfinite(out).all():
-        raise ValueError(f"Rescale Slope {slope:g} / Intercept {intercept:g} overflow the "
-                         "stored values")
-    return out
-
-
-def _file_voi(ds: Dataset, m: np.ndarray) -> tuple[np.ndarray, str] | None:
-    """The file's VOI: its first VOI LUT (preferred, as pydicom does), else its first window."""
-    seq = ds.get("VOILUTSequence")
-    if seq:
-        out, bits = _lut_lookup(seq[0], m, signed_first=False)
-        top = max(float(2**bits - 1), float(out.max()))  # some LUTs overstate their depth
-        return np.clip(out / top, 0.0, 1.0), "VOI LUT"
-    centers, widths = _multi(ds, "WindowCenter"), _multi(ds, "WindowWidth")
-    if not centers or not widths:
-        return None
-    c, w = centers[0], widths[0]  # PS3.3 C.11.2.1.2: the first pair is the default
-    func = (_str(ds, "VOILUTFunction") or "LINEAR").upper()
-    if func == "LINEAR_EXACT" and w > 0:
-        y = (m - c) / w + 0.5  # C.11.2.1.3.2
-    elif func == "SIGMOID" and w > 0:
-        return 1.0 / (1.0 + np.exp(-4.0 * (m - c) / w)), f"window {c:g}/{w:g} SIGMOID"
-    elif w >= 1:
-        func = "LINEAR"
-        # C.11.2.1.2.1: y = ((x - (c - 0.5)) / (w - 1) + 0.5), clipped; w == 1 is a threshold
-        y = (m > c - 0.5).astype(np.float64) if w == 1 else (m - (c - 0.5)) / (w - 1) + 0.5
-    else:
-        return None  # an invalid width: fall back to the full range
-    return np.clip(y, 0.0, 1.0), f"window {c:g}/{w:g} {func}"
-
-
-def _multi(ds: Dataset, keyword: str) -> list[float]:
-    v = ds.get(keyword)
-    if v is None or v == "":
-        return []
-    try:
-        vals = [float(x) for x in (v if isinstance(v, pydicom.multival.MultiValue) else [v])]
-    except (TypeError, ValueError):
-        return []
-    return [x for x in vals if math.isfinite(x)]
-
-
-def _lut_lookup(item: Dataset, values: np.ndarray, signed_first: bool) -> tuple[np.ndarray, int]:
-    """Apply a LUT item (LUT Descriptor [entries, first mapped value, bits], LUT Data)."""
-    n, first, bits = (int(x) for x in item.LUTDescriptor)
-    n = n or 65536  # PS3.3 C.11.1.1.1: 0 means 2**16 entries
-    if signed_first and first >= 32768:  # descriptor is US or SS: a negative first value
-        first -= 65536
-    data = item.LUTData
-    if isinstance(data, bytes | bytearray):
-        lut = np.frombuffer(data, dtype="<u2" if bits > 8 or len(data) >= 2 * n else "u1")
-    else:
-        lut = np.asarray(data if isinstance(data, list | tuple | pydicom.multival.MultiValue)
-                         else [data], dtype=np.float64)
-    lut = np.asarray(lut[:n], dtype=np.float64)
-    idx = np.clip(np.rint(values - first), 0, len(lut) - 1).astype(np.int64)
-    return lut[idx], bits
-
-
-def _linear(m: np.ndarray, low: float, high: float) -> np.ndarray:
-    if high <= low:
-        return np.zeros_like(m)
-    return np.clip((m - low) / (high - low), 0.0, 1.0)
-
-
-def _inverted(ds: Dataset) -> bool:
-    """MONOCHROME1 shows its minimum as white (PS3.3 C.7.6.3.1.2); so does MONOCHROME2 with an
-    INVERSE Presentation LUT Shape. In DX the shape restates the photometric interpretation
-    (C.8.11.6.1.2), so MONOCHROME1 with INVERSE is inverted once, not twice."""
-    photometric = (_str(ds, "PhotometricInterpretation") or "").upper()
-    shape = (_str(ds, "PresentationLUTShape") or "").upper()
-    return photometric == "MONOCHROME1" or (photometric == "MONOCHROME2" and shape == "INVERSE")
 
 
 def _one_line(e: BaseException) -> str:

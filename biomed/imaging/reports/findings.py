@@ -53,10 +53,11 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from biomed.imaging.core.findings import PhantomFinding
 from biomed.imaging.reports.iu import Finding, Report, parse_mesh_tag
+from biomed.imaging.reports.lesion_merge import Spec, expand, resolve
 
 __all__ = [
     "INCIDENTAL",
@@ -95,11 +96,6 @@ _OFF_LUNG = frozenset({
 })
 _BONE = frozenset({"spine", "cervical vertebrae", "thoracic vertebrae", "lumbar vertebrae",
                    "ribs", "sternum", "clavicle", "shoulder", "humerus", "thorax"})
-_LESIONS = frozenset({"nodule", "calcified_granuloma", "mass"})
-# Lung findings at whose place a soft opacity is taken to be that finding.
-_ABSORBERS = frozenset({"consolidation", "atelectasis", "nodule", "calcified_granuloma",
-                        "mass", "effusion"})
-
 # Incidental tags: real findings the phantom does not draw and that no canonical label depends
 # on; a report with them is kept. Term -> why (the documentation of the list). Terms that also
 # have a rule (Calcinosis, Aorta, Diaphragm, Markings, Lung, Deformity, Ribs) are incidental
@@ -156,16 +152,6 @@ INCIDENTAL: dict[str, str] = {
 
 
 @dataclass(frozen=True)
-class _Spec:
-    """A finding before merging: ``soft`` ones yield to specific findings at the same place."""
-
-    finding: PhantomFinding
-    soft: bool = False
-    copies: int = 1
-    graded: bool = False  # the severity came from a modifier (not the default)
-
-
-@dataclass(frozen=True)
 class TagMapping:
     """What one MeSH tag becomes: ``kind`` is finding, incidental, sign or excluded.
 
@@ -174,14 +160,14 @@ class TagMapping:
     """
 
     kind: str
-    specs: tuple[_Spec, ...] = ()
+    specs: tuple[Spec, ...] = ()
     covers: frozenset[str] = frozenset()
     reason: str = ""
 
     @property
     def findings(self) -> list[PhantomFinding]:
         """The findings this tag alone would draw (copies expanded, nothing merged)."""
-        return _expand([s for s in self.specs])
+        return expand([s for s in self.specs])
 
 
 def _reason(tag: Finding) -> str:
@@ -219,7 +205,7 @@ def _finding(name: str, tag: Finding, *, soft: bool = False, zone: bool = True,
     f = PhantomFinding(name, side=_side(tag) if side else None, severity=_severity(tag),
                        zone=_zone(tag) if zone else None, device=device)
     graded = any(s in SEVERITY_LEVELS for s in tag.severity)
-    return TagMapping("finding", (_Spec(f, soft=soft, copies=copies, graded=graded),))
+    return TagMapping("finding", (Spec(f, soft=soft, copies=copies, graded=graded),))
 
 
 def _lesion(name: str, tag: Finding, *, soft: bool = False) -> TagMapping:
@@ -419,95 +405,6 @@ def map_tag(tag: str | Finding, text: str = "") -> TagMapping:
     return _excluded(f)
 
 
-# ---------------------------------------------------------------------------------------------
-# one report: merge the tags' findings
-
-
-def _sides_overlap(a: str | None, b: str | None) -> bool:
-    return a is None or b is None or a == b or "bilateral" in (a, b)
-
-
-def _zones_overlap(a: str | None, b: str | None) -> bool:
-    return a is None or b is None or a == b
-
-
-def _place(f: PhantomFinding) -> tuple[str | None, str | None]:
-    return f.side, ("lower" if f.name == "effusion" else f.zone)
-
-
-def _overlap(a: PhantomFinding, b: PhantomFinding) -> bool:
-    (sa, za), (sb, zb) = _place(a), _place(b)
-    return _sides_overlap(sa, sb) and _zones_overlap(za, zb)
-
-
-def _merge_into(a: _Spec, b: _Spec) -> _Spec:
-    """Two tags of one finding at one place: the more specific side, zone and device; the
-    higher of the stated grades (a stated grade beats the default one)."""
-    fa, fb = a.finding, b.finding
-    if a.graded == b.graded:
-        severity = max(fa.severity, fb.severity)
-    else:
-        severity = fa.severity if a.graded else fb.severity
-    side = fa.side or fb.side
-    if fa.side and fb.side and fa.side != fb.side:  # left + bilateral
-        side = "bilateral"
-    f = replace(fa, side=side, zone=fa.zone or fb.zone, severity=severity,
-                device=fa.device or fb.device)
-    return _Spec(f, copies=max(a.copies, b.copies), graded=a.graded or b.graded)
-
-
-def _same_finding(a: _Spec, b: _Spec) -> bool:
-    """Whether two specs restate one finding: same name, compatible side/zone/device."""
-    fa, fb = a.finding, b.finding
-    if fa.name != fb.name:
-        return False
-    sides = fa.side is None or fb.side is None or fa.side == fb.side
-    if fa.name == "support_devices":
-        return sides and (fa.device is None or fb.device is None or fa.device == fb.device)
-    if not fa.lateral:
-        return True
-    if fa.name in _LESIONS:  # lesions: only a restatement at exactly the same place merges
-        return fa.side == fb.side and fa.zone == fb.zone
-    return _sides_overlap(fa.side, fb.side) and _zones_overlap(fa.zone, fb.zone)
-
-
-def _merge(specs: Sequence[_Spec]) -> list[_Spec]:
-    out: list[_Spec] = []
-    for s in specs:
-        for i, o in enumerate(out):
-            if _same_finding(o, s):
-                out[i] = _merge_into(o, s)
-                break
-        else:
-            out.append(replace(s, soft=False))
-    return out
-
-
-def _resolve(specs: Sequence[_Spec]) -> list[_Spec]:
-    """Merge restatements; drop soft opacities that describe a specific finding's place; a
-    nodule where a calcified granuloma is (same side and zone) is that granuloma."""
-    hard = _merge([s for s in specs if not s.soft])
-    soft = [s for s in specs if s.soft and not any(
-        h.finding.name in _ABSORBERS and _overlap(h.finding, s.finding) for h in hard)]
-    merged = _merge(hard + soft)
-    granulomas = {_place(s.finding) for s in merged if s.finding.name == "calcified_granuloma"}
-    return [s for s in merged
-            if not (s.finding.name == "nodule" and _place(s.finding) in granulomas)]
-
-
-def _expand(specs: Iterable[_Spec]) -> list[PhantomFinding]:
-    """Copies for several lesions; a bilateral lesion becomes one on each side."""
-    out: list[PhantomFinding] = []
-    for s in specs:
-        f = s.finding
-        if f.name in _LESIONS and f.side == "bilateral":
-            n = max(2, s.copies)
-            out += [replace(f, side=("left", "right")[k % 2]) for k in range(n)]
-        else:
-            out += [f] * s.copies
-    return out
-
-
 @dataclass
 class Classification:
     """One report's outcome: its findings (None when excluded) and why."""
@@ -529,7 +426,7 @@ def classify(report: Report) -> Classification:
     """Map every tag of a report; exclude it when a tag cannot be rendered or is not indexed."""
     if not report.indexed:
         return Classification(report.id, None, [NOT_INDEXED])
-    specs: list[_Spec] = []
+    specs: list[Spec] = []
     signs: list[tuple[Finding, TagMapping]] = []
     excluded: list[str] = []
     incidental: list[str] = []
@@ -544,13 +441,13 @@ def classify(report: Report) -> Classification:
             incidental.append(tag.tag)
         else:
             excluded.append(m.reason)
-    resolved = _resolve(specs)
+    resolved = resolve(specs)
     names = {s.finding.name for s in resolved}
     excluded += [m.reason for _, m in signs if not m.covers & names]
     excluded = list(dict.fromkeys(excluded))
     if excluded:
         return Classification(report.id, None, excluded, incidental)
-    return Classification(report.id, _expand(resolved), [], incidental)
+    return Classification(report.id, expand(resolved), [], incidental)
 
 
 def findings_of(report: Report) -> list[PhantomFinding] | None:
