@@ -1,5 +1,8 @@
 """`biomed dicom inspect|ingest`: look at DICOM files; de-identify and ingest a DICOM folder.
 
+(About 520 lines, most of it the command line and the settings a rerun must match; the executor,
+the output folder, the walk and `inspect` are their own modules.)
+
 ``ingest`` walks SRC_DIR recursively and, for every file, in worker processes (one per core;
 `biomed.imaging.dicom.batch`): parses it under the size limits (`biomed.imaging.dicom.guard`),
 de-identifies it (`biomed.imaging.dicom.deid`, before anything is written), decodes it

@@ -1,5 +1,9 @@
 """DICOM in: a file becomes the workbench's float image plus a metadata record.
 
+(About 590 lines: parsing, checking and decoding one file are one path a reader follows top to
+bottom; the parts that stand alone live beside it: `guard` (limits and the error policy),
+`fields`, `jpeg2000`, `voi` (stored values -> [0, 1]).)
+
 The grayscale pipeline is the one PS3.3 C.11 (the "grayscale standard display" chain) prescribes,
 in this order:
 

@@ -1,5 +1,9 @@
 """`biomed generate`: synthetic chest X-rays sampled from report text, each carrying provenance.
 
+(About 560 lines: the sampler, the `Generator` contract with `PipelineGenerator`, and the command
+that writes images with their provenance; the next split would move the command to its own
+module so that importing `Generator` stops importing Hydra.)
+
 A saved ``pipeline/`` (``StableDiffusionPipeline.save_pretrained``: a one-channel VAE for the tiny
 model, a three-channel one for Stable Diffusion fine-tunes) is loaded with diffusers alone, its
 UNet run with the chosen scheduler (default DPM-Solver++, 20 steps, guidance 4 as RoentGen
