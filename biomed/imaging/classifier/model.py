@@ -26,7 +26,6 @@ workbench saves loads back.
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -40,6 +39,7 @@ from torch import nn
 
 from biomed import runs
 from biomed.errors import ConfigError, InputError
+from biomed.imaging.core.folder_values import is_number, is_plain, names_a_source
 
 __all__ = ["ALLOWED_KWARGS", "ARCHITECTURES", "CONFIG", "FORMAT", "PIXEL_CONVENTION", "SUBDIR",
            "WEIGHTS", "SmallCNN", "XrayClassifier", "architecture_kwargs", "build_classifier",
@@ -212,32 +212,13 @@ _REFUSED_KWARGS = {
     "pretrained_cfg_overlay": "can name a file or a URL to load",
     "cache_dir": "is a download cache",
 }
-_NAME_CHARS = (":", "/", "\\")  # a source prefix (hf-hub:, local-dir:) or a path
-
-
-def _number(value: Any) -> bool:
-    """A flag, or a finite number of a sensible size (a width of 10**9 would be a memory bomb
-    before any weight is read)."""
-    return isinstance(value, bool) or (isinstance(value, int | float)
-                                       and math.isfinite(value) and abs(value) <= 65536)
-
-
-def _plain(value: Any) -> bool:
-    """A number, flag, None, short word, or a flat list of numbers: a value that selects no
-    file and no code."""
-    if value is None or _number(value):
-        return True
-    if isinstance(value, str):
-        return len(value) <= 64 and not any(c in value for c in _NAME_CHARS)
-    if isinstance(value, list | tuple):
-        return len(value) <= 64 and all(_number(v) for v in value)
-    return False
+_MAX_NUMBER = 65536  # the largest width, size or count a config may hold
 
 
 def kwargs_problem(arch: str, kwargs: Mapping[str, Any]) -> tuple[str, str] | None:
     """(key, reason) of the first constructor kwarg that ``arch`` may not be given, or None.
 
-    Keys outside `ALLOWED_KWARGS`, values that are not plain (`_plain`), and a timm name with a
+    Keys outside `ALLOWED_KWARGS`, values that are not plain (`is_plain`), and a timm name with a
     source prefix (``hf-hub:``, ``local-dir:``) or a path are refused."""
     allowed = ALLOWED_KWARGS.get(arch, frozenset())
     for key, value in kwargs.items():
@@ -248,10 +229,10 @@ def kwargs_problem(arch: str, kwargs: Mapping[str, Any]) -> tuple[str, str] | No
         if key == "name":
             if not isinstance(value, str) or not value:
                 return "name", "not a timm model name"
-            if any(c in value for c in _NAME_CHARS):
+            if names_a_source(value):
                 return "name", (f"{value!r} is a download source or a path (hf-hub:, local-dir: "
                                 "and paths are refused); give a timm registry name")
-        elif not _plain(value):
+        elif not is_plain(value, _MAX_NUMBER):
             return str(key), f"{value!r} is not a number, a flag, a word or a list of numbers"
     return None
 
@@ -418,7 +399,8 @@ def read_config(path: str | Path) -> dict[str, Any]:
     if not isinstance(labels, list) or not labels or not all(isinstance(n, str) for n in labels):
         raise InputError(where, "labels: not a non-empty list of names")
     if not isinstance(norm, dict) or not all(
-            _number(norm.get(k)) and not isinstance(norm.get(k), bool) for k in ("mean", "std")):
+            is_number(norm.get(k), _MAX_NUMBER) and not isinstance(norm.get(k), bool)
+            for k in ("mean", "std")):
         raise InputError(where, "normalization: needs numbers mean and std")
     size = config.get("input_size")
     if size is not None and not (isinstance(size, list) and len(size) == 2 and all(

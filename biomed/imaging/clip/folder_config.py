@@ -21,12 +21,12 @@ passes. Anything else is a one-line `InputError` naming ``open_clip_config.json`
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from biomed.errors import InputError
+from biomed.imaging.core.folder_values import is_plain, names_a_source
 
 __all__ = ["ALLOWED", "check_clip_config", "config_problem"]
 
@@ -62,25 +62,7 @@ ALLOWED: dict[str, frozenset[str]] = {
 _NAMES = ("timm_model_name", "hf_model_name", "hf_tokenizer_name")  # registry names only
 _PRETRAINED = ("timm_model_pretrained", "hf_model_pretrained")  # false only: a download
 _KWARG_DICTS = ("act_kwargs", "norm_kwargs")  # plain values, passed to torch layers
-_NAME_CHARS = (":", "/", "\\")  # a source prefix (hf-hub:, local-dir:) or a path
-
-
-def _number(value: Any) -> bool:
-    """A flag or a finite number of a sensible size (a width of 10**12 would be a memory bomb
-    before any weight is read; the largest vocabulary open_clip ships has 256,000 tokens)."""
-    return isinstance(value, bool) or (isinstance(value, int | float)
-                                       and math.isfinite(value) and abs(value) <= 2 ** 20)
-
-
-def _plain(value: Any) -> bool:
-    """A number, flag, None, short word, or a flat list of numbers: selects no file, no code."""
-    if value is None or _number(value):
-        return True
-    if isinstance(value, str):
-        return len(value) <= 64 and not any(c in value for c in _NAME_CHARS)
-    if isinstance(value, list | tuple):
-        return len(value) <= 64 and all(_number(v) for v in value)
-    return False
+_MAX_NUMBER = 2 ** 20  # open_clip's largest shipped vocabulary has 256,000 tokens
 
 
 def _short(value: Any) -> str:
@@ -107,14 +89,14 @@ def config_problem(cfg: Any, section: str = "") -> tuple[str, str] | None:
         elif key in _NAMES:
             if not isinstance(value, str) or not value or len(value) > 128:
                 return where, f"{_short(value)} is not a model name"
-            if any(c in value for c in _NAME_CHARS):
+            if names_a_source(value):
                 return where, (f"{_short(value)} is a download source or a path (hf-hub:, "
                                "local-dir:, repository ids and paths are refused)")
         elif key in _KWARG_DICTS:
             if not isinstance(value, Mapping) or not all(
-                    isinstance(k, str) and _plain(v) for k, v in value.items()):
+                    isinstance(k, str) and is_plain(v, _MAX_NUMBER) for k, v in value.items()):
                 return where, f"{_short(value)} is not a mapping of plain values"
-        elif not _plain(value):
+        elif not is_plain(value, _MAX_NUMBER):
             return where, f"{_short(value)} is not a number, a flag, a word or a list of numbers"
     return None
 
