@@ -34,6 +34,8 @@ EXPERIMENTS: dict[str, tuple[str, str]] = {
                  "sample synthetic X-rays from report text, with provenance (samples/)"),
     "evaluate-generation": ("biomed.imaging.diffusion.evaluate.command",
                             "FID, diversity, CLIP score and prompt fidelity of a generator"),
+    "augment": ("biomed.augment.sweep",
+                "does synthetic data help a classifier? the sweep, results.csv, report.html"),
 }
 
 # name -> (module:function taking argv, one line of help)
@@ -51,6 +53,8 @@ TOOLS: dict[str, tuple[str, str]] = {
                 "(mentions)"),
     "lm-study": ("biomed.lm.study:main",
                  "the AdamW vs Sophia study (experiment=lm_optimizer_study): its table"),
+    "augment-report": ("biomed.augment.report:main",
+                       "results.csv, metrics.json and report.html of an augment sweep folder"),
     "runs": ("biomed.cli:runs_main", "list runs under outputs/ with status and key metrics"),
 }
 

@@ -249,6 +249,32 @@ def _diffusion(cfg: DictConfig, run_dir: Path, configs: Configs) -> dict[str, An
             **keep}
 
 
+def _augment_configs(cfg: DictConfig, run_dir: Path) -> Configs:
+    return {"augment": _command_cfg(cfg, "augment", "augment", run_dir / "augment")}
+
+
+def _augment(cfg: DictConfig, run_dir: Path, configs: Configs) -> dict[str, Any]:
+    """A small augmentation sweep with the diffusion stage's model and the phantom oracle."""
+    from biomed.augment import sweep
+
+    _fresh_stage_dir(run_dir / "augment")
+    m = sweep.run(configs["augment"])
+    primary = {f"augment_gain_{g['source']}_{g['mode']}_x{g['ratio']:g}": [
+        g["value"], g["ci_low"], g["ci_high"]] for g in m.get("gains", [])
+        if g["endpoint"] == "macro_clear" and g["subgroup"] == "all"}
+    return {**primary, "augment_cells": m.get("cells_planned"),
+            "augment_synthetic": m.get("synthetic"), "augment_steps": m.get("steps")}
+
+
+def _report(cfg: DictConfig, run_dir: Path, configs: Configs) -> dict[str, Any]:
+    """One page with every part's numbers and pictures: report.html."""
+    from biomed.quickstart_report import build_quickstart_report
+
+    out = build_quickstart_report(run_dir)
+    print(f"quickstart: the report is {out}")
+    return {"report": str(out)}
+
+
 STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("corpus", "PubMed XML -> corpus/pubmed.jsonl", ("corpus/pubmed.jsonl",), _corpus,
           _own("pubmed"), lambda cfg: list(cfg.pubmed.files)),
@@ -268,6 +294,11 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           "prompt fidelity -> diffusion/pipeline/, samples/, diffusion_eval/",
           ("diffusion/pipeline/model_index.json", "diffusion_eval/metrics.json"), _diffusion,
           _diffusion_configs, _no_files),
+    Stage("augment", "does synthetic data help the classifier? a small sweep with the diffusion "
+          "model and the phantom oracle -> augment/report.html",
+          ("augment/report.html", "augment/results.csv"), _augment, _augment_configs, _no_files),
+    Stage("report", "every part's numbers and pictures on one page -> report.html",
+          ("report.html",), _report, _own("stages"), _no_files),
 )}
 
 

@@ -109,6 +109,7 @@ def start_run(cfg: DictConfig, data_files: Iterable[str | Path] = (),
         "packages": package_versions(),
         "python": sys.version.split()[0],
         "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
         "data_files": [file_digest(p) for p in data_files],
     })
     return run_dir

@@ -31,7 +31,7 @@ PACKAGES = ("biomed", "apps")  # the top-level packages checked (apps/ when it e
 UNITS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "cli": (("biomed.cli", "biomed.__main__"), ("apps", "quickstart")),
     "apps": (("apps",), ("augment",)),
-    "quickstart": (("biomed.quickstart",), ("augment",)),
+    "quickstart": (("biomed.quickstart", "biomed.quickstart_report"), ("augment",)),
     "augment": (("biomed.augment",), ("pretrained",)),
     # loads every saved model for inference (classifier, CLIP, pipeline, LM)
     "pretrained": (("biomed.pretrained",), ("diffusion", "lm")),

@@ -151,3 +151,23 @@ def test_an_edited_command_config_reruns_its_stage(tmp_path, monkeypatch, capsys
     again = {p.name: p.read_text() for p in records.iterdir()}
     assert again["phantom.json"] == first["phantom.json"]
     assert again["classifier.json"] != first["classifier.json"]
+
+
+@pytest.mark.data
+def test_the_smoke_quickstart_runs_every_stage_and_ends_in_its_report(tmp_path):
+    """`biomed quickstart debug=smoke`: every stage, small, in one process, ending in
+    report.html (the augment stage uses the smoke diffusion model and the oracle)."""
+    cfg = compose("quickstart", [f"paths.run_dir={tmp_path / 'run'}", "debug=smoke"])
+    assert list(cfg.stages)[-2:] == ["augment", "report"]
+    m = run(cfg)
+    run_dir = tmp_path / "run"
+    for stage in cfg.stages:
+        assert (run_dir / "stages" / f"{stage}.json").is_file(), stage
+        assert f"{stage}_seconds" in m, stage
+    page = (run_dir / "report.html").read_text()
+    assert "augment/report.html" in page and "http://" not in page and "https://" not in page
+    summary = json.loads((run_dir / "augment" / "metrics.json").read_text())
+    sources = {g["source"] for g in summary["gains"]}
+    assert {"diffusion", "phantom_oracle", "duplicates"} <= sources
+    assert summary["synthetic"]["diffusion"]["label_accuracy"]  # the classifier stage's model
+    assert any(k.startswith("augment_gain_diffusion_mix") for k in m)

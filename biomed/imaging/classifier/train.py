@@ -103,12 +103,19 @@ def _data_name(cfg: DictConfig, dataset: Any) -> str:
 
 
 def fit_classifier(cfg: DictConfig, splits: Mapping[str, Any], run_dir: str | Path,
-                   log: Callable[[str], Any] = print) -> dict[str, Any]:
+                   log: Callable[[str], Any] = print, *,
+                   reference: Any | None = None) -> dict[str, Any]:
     """Train the classifier of ``cfg`` (``conf/train_classifier.yaml``; ``cfg.data`` is not
     read) on ``splits["train"]``, evaluate it on ``splits["val"]`` and ``splits["test"]``
     (torch datasets in the contract: ``labels``, ``label_names``, items with ``image`` and
     ``labels``), save ``classifier/`` in ``run_dir``; returns the metrics (``{}`` on a process
-    other than the main one of a multi-process launch)."""
+    other than the main one of a multi-process launch).
+
+    ``reference``: the dataset whose pixels give the normalisation and whose labels give the
+    label columns (when ``classifier.labels`` is null) and ``pos_weight`` (default: the training
+    split; the augmentation loop passes the real subset, so synthetic images change neither).
+    ``eval.keep_best``: keep the weights of the best periodic validation macro AUROC
+    (``trainer.eval_every``) instead of the last ones; ``best_step`` says which were kept."""
     run_dir = Path(run_dir)
     missing = [s for s in SPLITS if s not in splits]
     if missing:
@@ -117,20 +124,21 @@ def fit_classifier(cfg: DictConfig, splits: Mapping[str, Any], run_dir: str | Pa
     train, val, test = (splits[s] for s in SPLITS)
     if len(train) == 0:
         raise ConfigError(f"{_data_name(cfg, train)}: the training split is empty")
-    columns = select_labels(train, cfg.classifier.get("labels"))
+    reference = train if reference is None else reference
+    columns = select_labels(reference, cfg.classifier.get("labels"))
     names = [train.label_names[c] for c in columns]
     norm = cfg.classifier.get("norm") or {}
     if norm.get("mean") is not None and norm.get("std") is not None:
         mean, std = float(norm.mean), float(norm.std)
     else:
-        mean, std = estimate_normalization(train, int(norm.get("sample") or 512))
+        mean, std = estimate_normalization(reference, int(norm.get("sample") or 512))
     input_size = tuple(int(v) for v in np.shape(train[0]["image"]))
 
     engine = Engine(cfg.trainer, run_dir, seed=int(cfg.seed))  # seeds before the model's init
     model = build_classifier(cfg.classifier, len(names), mean=mean, std=std,
                              input_size=input_size)
     params = sum(p.numel() for p in model.parameters())
-    pw = pos_weights(np.asarray(train.labels)[:, columns], cfg.loss.get("class_weights", "none"),
+    pw = pos_weights(np.asarray(reference.labels)[:, columns], cfg.loss.get("class_weights", "none"),
                      float(cfg.loss.get("pos_weight_cap", 10.0)))
     log(f"train-classifier: {cfg.classifier.name} ({params:,} parameters) on "
         f"{_data_name(cfg, train)}: {len(train)} train / {len(val)} val / {len(test)} test "
@@ -144,12 +152,20 @@ def fit_classifier(cfg: DictConfig, splits: Mapping[str, Any], run_dir: str | Pa
     device = engine.accelerator.device
     periodic = preload(val, columns, ev.get("periodic_max_items")) if len(val) else None
 
+    keep_best = bool(ev.get("keep_best", False))
+    best: dict[str, Any] = {"auroc": -np.inf, "state": None, "step": None}
+
     def eval_fn(m: nn.Module) -> dict[str, float]:
         p = predict_batches(m, periodic["image"], int(ev.batch_size), device)
         y = periodic["labels"].numpy()
         loss = masked_bce(torch.logit(torch.from_numpy(p).clamp(1e-6, 1 - 1e-6)),
                           periodic["labels"])
-        return {"val_macro_auroc": macro_auroc(y, p), "val_loss": float(loss)}
+        auroc = macro_auroc(y, p)
+        if keep_best and np.isfinite(auroc) and auroc > best["auroc"]:
+            best.update(auroc=auroc, step=engine.state.step, state={
+                k: v.detach().to("cpu", copy=True) for k, v in
+                engine.unwrap(m).state_dict().items()})
+        return {"val_macro_auroc": auroc, "val_loss": float(loss)}
 
     t0 = time.perf_counter()
     result = engine.fit(model, train, loss_fn, optim=cfg.optim, collate_fn=Collate(columns),
@@ -159,6 +175,10 @@ def fit_classifier(cfg: DictConfig, splits: Mapping[str, Any], run_dir: str | Pa
     if not engine.is_main:
         return {}
     plain = engine.unwrap(engine.model)
+    if best["state"] is not None:  # eval.keep_best: the best periodic validation weights
+        plain.load_state_dict(best["state"])
+        log(f"train-classifier: kept the weights of step {best['step']} (val macro AUROC "
+            f"{best['auroc']:.3f})")
     metrics = _evaluate_and_save(cfg, plain, splits, columns, names, device, run_dir, log)
     seconds = engine.state.train_seconds
     images = result.step * engine.cfg.batch_size * engine.cfg.grad_accum \
@@ -166,7 +186,9 @@ def fit_classifier(cfg: DictConfig, splits: Mapping[str, Any], run_dir: str | Pa
     metrics.update(steps=result.step, train_seconds=seconds, train_wall_seconds=wall,
                    images_per_s=images / seconds if seconds else None,
                    epochs=images / len(train), train_loss=result.metrics.get("train_loss"),
-                   params=params, precision=engine.precision)
+                   params=params, precision=engine.precision,
+                   best_step=best["step"] if best["state"] is not None else result.step,
+                   best_val_macro_auroc=None if best["state"] is None else best["auroc"])
     card = model_card(json.loads((Path(metrics["classifier_dir"]) / CONFIG).read_text()), metrics)
     (Path(metrics["classifier_dir"]) / "README.md").write_text(card)
     _log_summary(metrics, log)
