@@ -75,13 +75,17 @@ def bootstrap(metric: Callable[..., float], *arrays: np.ndarray | Sequence[float
     stats = []
     for _ in range(n):
         i = rng.integers(0, size, size)
-        v = metric(*(a[i] for a in arrays))
-        if np.isfinite(v):
-            stats.append(v)
-    if not stats:
+        stats.append(metric(*(a[i] for a in arrays)))
+    return _percentile_interval(value, stats, level)
+
+
+def _percentile_interval(value: float, stats: Sequence[float], level: float) -> Estimate:
+    """``value`` with the percentile interval of the finite resample statistics."""
+    finite = [float(v) for v in stats if np.isfinite(v)]
+    if not finite:
         return Estimate(value, _NAN, _NAN, 0)
-    lo, hi = np.quantile(stats, [(1 - level) / 2, 1 - (1 - level) / 2])
-    return Estimate(value, float(lo), float(hi), len(stats))
+    lo, hi = np.quantile(finite, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return Estimate(value, float(lo), float(hi), len(finite))
 
 
 def mean_ci(values: np.ndarray | Sequence[float], n: int = 1000, seed: int = 0, *,
@@ -335,13 +339,8 @@ def _two_stage(per_seed: Callable[[np.ndarray | None], np.ndarray], n_seeds: int
     for _ in range(n):
         drawn = rng.integers(0, n_seeds, n_seeds) if n_seeds > 1 else np.zeros(1, np.intp)
         times = np.bincount(rng.integers(0, n_clusters, n_clusters), minlength=n_clusters)
-        v = float(np.mean(per_seed(times[cluster_of].astype(np.float64))[drawn]))
-        if np.isfinite(v):
-            stats.append(v)
-    if not stats:
-        return Estimate(value, _NAN, _NAN, 0)
-    lo, hi = np.quantile(stats, [(1 - level) / 2, 1 - (1 - level) / 2])
-    return Estimate(value, float(lo), float(hi), len(stats))
+        stats.append(float(np.mean(per_seed(times[cluster_of].astype(np.float64))[drawn])))
+    return _percentile_interval(value, stats, level)
 
 
 def _cluster_index(clusters: np.ndarray) -> tuple[np.ndarray, int]:

@@ -46,7 +46,7 @@ UNITS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "lm": (("biomed.lm",), ("base",)),
     "base": (("biomed", "biomed.engine", "biomed.sources", "biomed.stats", "biomed.runs",
               "biomed.errors", "biomed.config", "biomed.hydra_app", "biomed.outpaths",
-              "biomed.splits"), ()),
+              "biomed.splits", "biomed.locks"), ()),
 }
 PACKAGE_ONLY = {"biomed", "biomed.imaging"}  # their sub-modules each belong to a unit above
 # Sibling arrows the table allows besides its own: a model package loads the other's saved

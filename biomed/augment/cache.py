@@ -16,13 +16,11 @@ build the same source at once (cells on Hydra's joblib launcher) take the folder
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from biomed.imaging.core import pixels
+from biomed.locks import file_lock
 
 __all__ = ["Request", "SyntheticCache", "item_key"]
 
@@ -72,28 +71,28 @@ class SyntheticCache:
         cut off is made again, so that no image lacks its provenance)."""
         return key in self.diverged() and self.path(key).is_file()
 
-    @contextmanager
-    def lock(self) -> Iterator[None]:
-        with open(self.folder / ".lock", "a") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+    def lock(self):
+        """The folder's lock (`biomed.locks.file_lock`)."""
+        return file_lock(self.folder / ".lock")
+
+    def manifest(self) -> dict[str, dict[str, Any]]:
+        """key -> the provenance line written beside the image (torn lines skipped)."""
+        out: dict[str, dict[str, Any]] = {}
+        path = self.folder / "manifest.jsonl"
+        if path.exists():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                out[row.pop("key")] = row
+        return out
 
     def diverged(self) -> dict[str, bool]:
-        """key -> diverged, from the manifest (torn last lines skipped)."""
+        """key -> diverged, from the manifest."""
         if self._diverged is None:
-            out: dict[str, bool] = {}
-            manifest = self.folder / "manifest.jsonl"
-            if manifest.exists():
-                for line in manifest.read_text(encoding="utf-8").splitlines():
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError:
-                        continue
-                    out[row["key"]] = bool(row.get("diverged", False))
-            self._diverged = out
+            self._diverged = {k: bool(row.get("diverged", False))
+                              for k, row in self.manifest().items()}
         return self._diverged
 
     def load(self, keys: Sequence[str]) -> np.ndarray:

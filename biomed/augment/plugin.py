@@ -59,7 +59,6 @@ Item formats (``output``; ``"auto"`` follows ``dataset[0]``):
 from __future__ import annotations
 
 import copy
-import json
 import shutil
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
@@ -273,7 +272,7 @@ class SyntheticAugmented(Dataset):
             keep = [k for k, r in enumerate(reqs) if not diverged.get(r.key, False)]
             images = cache.load([reqs[k].key for k in keep]) if cache is not None and keep \
                 else np.zeros((0, *(size or (0, 0))), np.float32)
-            manifest = _manifest(cache.folder) if cache is not None else {}
+            manifest = cache.manifest() if cache is not None else {}
             if cache is not None:
                 self.source_id = cache.folder.name
                 self.cache_folder = None if temp else cache.folder
@@ -461,20 +460,6 @@ def _cached_only(root: Path, source_id: str | None, reqs: Sequence[Request]) -> 
         raise ConfigError(f"{cache.folder}: {missing} of the {len(keys)} planned synthetic "
                           "images are not in the cache; pass generator=... to make them")
     return cache
-
-
-def _manifest(folder: Path) -> dict[str, dict[str, Any]]:
-    """key -> the provenance line the cache wrote beside the image (torn lines skipped)."""
-    out: dict[str, dict[str, Any]] = {}
-    path = folder / "manifest.jsonl"
-    if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            out[row.pop("key")] = row
-    return out
 
 
 def _blank(key: str, like: Any) -> Any:

@@ -23,11 +23,8 @@ the report, and the others wait for and reuse what it wrote.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +40,7 @@ from biomed.augment.subsets import hashed_order
 from biomed.augment.synthetic import Planned, build_synthetic, plan, requests
 from biomed.errors import BiomedError, ConfigError
 from biomed.hydra_app import hydra_app
+from biomed.locks import file_lock
 
 __all__ = ["Sweep", "main", "plan_cells", "run"]
 
@@ -84,17 +82,6 @@ def _shard(spec: str) -> tuple[int, int]:
     except ValueError:
         raise ConfigError(f"shard={spec!r}: write i/n with 0 <= i < n, e.g. 0/2") from None
     return i, n
-
-
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -198,7 +185,7 @@ class Sweep:
         """S of a fraction (see the module docstring, step 2), chosen once per sweep folder."""
         folder = self.dir / "steps" / f"f{fraction:g}"
         record = folder / "steps.json"
-        with _locked(self.dir / "steps" / ".lock"):
+        with file_lock(self.dir / "steps" / ".lock"):
             if record.exists():
                 return json.loads(record.read_text())
             given = {float(k): int(v) for k, v in (self.cfg.steps.S or {}).items()}
@@ -310,16 +297,23 @@ def _diffusion_source(cfg: DictConfig, data_cfg: DictConfig) -> DiffusionSource:
 
 
 def _trained_on(model_dir: str) -> str | None:
-    """The data config of the train-diffusion run that made the pipeline, in a few words."""
-    for folder in (Path(model_dir), Path(model_dir).parent):
-        conf = folder / ".hydra" / "config.yaml"
-        if conf.is_file():
+    """The data that trained the pipeline, in a few words: the data config of the
+    train-diffusion run that made it, else the pipeline's own ``biomed.json``."""
+    folder = Path(model_dir)
+    for f in (folder, folder.parent):
+        conf = f / ".hydra" / "config.yaml"
+        if conf.is_file() and OmegaConf.load(conf).get("command") == "train-diffusion":
             data = OmegaConf.load(conf).get("data") or {}
             keys = ("name", "size", "renders_per_report", "templates_per_finding",
                     "extra_templates", "max_reports")
             parts = {k: OmegaConf.to_container(data[k]) if OmegaConf.is_config(data[k])
                      else data[k] for k in keys if k in data}
             return f"the training split of {json.dumps(parts, default=str)}"
+    for f in (folder / "pipeline" / "biomed.json", folder / "biomed.json"):
+        if f.is_file():
+            info = json.loads(f.read_text())
+            return (f"the training split of {info.get('data')} at {info.get('image_size')} px "
+                    f"({info.get('training')})")
     return None
 
 
@@ -374,7 +368,7 @@ def run_sweep(cfg: DictConfig, sweep_dir: Path, log=print) -> dict[str, Any]:
     sweep = _sweep_for(OmegaConf.to_container(cfg, resolve=True), str(sweep_dir))
     index, count = _shard(cfg.shard)
     t0 = time.perf_counter()
-    with _locked(sweep.dir / ".prepare.lock"):
+    with file_lock(sweep.dir / ".prepare.lock"):
         runs.write_json(sweep.dir / "sweep.json", _describe(sweep))
         steps = {f: sweep.steps(f, log) for f in dict.fromkeys(c.fraction for c in sweep.cells)}
         synthetic = sweep.build_cache(log)
@@ -416,7 +410,7 @@ def run_sweep(cfg: DictConfig, sweep_dir: Path, log=print) -> dict[str, Any]:
         from biomed.augment.fidelity import measure_fidelity
         from biomed.augment.report import build_report
 
-        with _locked(sweep.dir / ".report.lock"):
+        with file_lock(sweep.dir / ".report.lock"):
             measure_fidelity(sweep, log)
             out["summary"] = build_report(sweep.dir, n_boot=int(cfg.report.n_boot), log=log)
             out.update({k: out["summary"][k] for k in ("gains", "real_curve", "worth",

@@ -30,9 +30,8 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +40,7 @@ import numpy as np
 from biomed.errors import BiomedError, ConfigError
 from biomed.imaging.core import pixels
 from biomed.imaging.dicom.guard import decoder_errors
+from biomed.locks import file_lock
 
 __all__ = ["FORMAT", "BuildResult", "ImageCache"]
 
@@ -159,17 +159,8 @@ class ImageCache:
             f.flush()
             os.fsync(f.fileno())
 
-    @contextmanager
-    def _lock(self) -> Iterator[None]:
-        import fcntl
-
-        self.dir.mkdir(parents=True, exist_ok=True)
-        with open(self.dir / ".lock", "w") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+    def _lock(self):
+        return file_lock(self.dir / ".lock")
 
     # -- shards --------------------------------------------------------------------------
 

@@ -35,9 +35,8 @@ import logging
 import multiprocessing as mp
 import os
 import shutil
-import sys
 import tempfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -54,6 +53,7 @@ from biomed.imaging.data.contract import Table, XrayDataset
 from biomed.imaging.reports.findings import MAPPING_VERSION, classify_reports, positives
 from biomed.imaging.reports.iu import Report, read_reports
 from biomed.imaging.reports.templates import TEMPLATE_VERSION, check_extra, template_cases
+from biomed.locks import file_lock
 from biomed.splits import DEFAULT_FRACTIONS, SPLITS, assign_split
 
 __all__ = ["FORMAT", "PhantomIU", "Renderer", "default_renderer", "renderer_version"]
@@ -435,19 +435,7 @@ class PhantomIU(XrayDataset):
                 + ")")
 
 
-@contextmanager
-def _lock(root: Path, fingerprint: str) -> Iterator[None]:
+def _lock(root: Path, fingerprint: str):
     """Held while checking and building one cache, so that the processes of a multi-GPU launch
     wait for the first one instead of rendering the same set in parallel."""
-    root.mkdir(parents=True, exist_ok=True)
-    if sys.platform == "win32":  # no flock: the temp-folder rename still keeps builds atomic
-        yield
-        return
-    import fcntl
-
-    with open(root / f".{fingerprint}.lock", "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    return file_lock(root / f".{fingerprint}.lock")
