@@ -29,11 +29,11 @@ import numpy as np
 
 from biomed import runs
 from biomed.errors import InputError
+from biomed.imaging.classifier.evaluate import CLEAR_FINDINGS
 from biomed.stats import macro, paired_gain, seed_mean, weighted_auroc, weighted_average_precision
 
 __all__ = ["build_report", "collect_samples", "main"]
 
-CLEAR_FINDINGS = ("cardiomegaly", "effusion", "pneumothorax", "consolidation", "edema", "mass")
 CORRECTION = ("none: per-finding intervals are unadjusted 95% intervals over many findings, "
               "so some exclude zero by chance; they are exploratory. The primary endpoint is "
               "the macro AUROC over the clear findings.")
@@ -122,7 +122,7 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
 # gains, the real-data curve, worth
 
 
-def _gains(cells, names, clear, n_boot: int) -> tuple[list[dict], list[dict]]:
+def _gains(cells, names, clear, n_boot: int) -> list[dict]:
     by_key = {(_arm(c["cell"]), int(c["cell"]["seed"])): c for c in cells}
     arms = sorted({_arm(c["cell"]) for c in cells if float(c["cell"]["ratio"]) > 0})
     gains: list[dict] = []
@@ -162,7 +162,7 @@ def _gains(cells, names, clear, n_boot: int) -> tuple[list[dict], list[dict]]:
                               "endpoint": "macro_clear", "metric": "auroc",
                               "value": _f(est.value), "ci_low": _f(est.low),
                               "ci_high": _f(est.high), "baseline": None, "exploratory": True})
-    return gains, []
+    return gains
 
 
 def _real_curve(cells, names, clear, n_boot: int) -> list[dict]:
@@ -329,7 +329,7 @@ def build_report(sweep_dir: str | Path, *, n_boot: int = 1000, log=print) -> dic
             raise InputError(c["folder"], "its labels or test ids differ from the other cells'")
     rows = _rows(cells, names, clear)
     _write_csv(sweep_dir / "results.csv", rows)
-    gains, _ = _gains(cells, names, clear, n_boot)
+    gains = _gains(cells, names, clear, n_boot)
     curve = _real_curve(cells, names, clear, n_boot)
     synthetic = {p.stem: json.loads(p.read_text())
                  for p in sorted((sweep_dir / "synthetic").glob("*.json"))}
