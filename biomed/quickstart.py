@@ -240,9 +240,9 @@ def _diffusion(cfg: DictConfig, run_dir: Path, configs: Configs) -> dict[str, An
     runs.write_json(out / "metrics.json", m)
     gen = sample.run(configs["generate"])
     ev = evaluate.run(configs["evaluate_generation"])
-    keep = {k: v for k, v in ev.items() if k.startswith(("fidelity_auroc_", "laterality_accuracy_",
-                                                         "negation_share_"))
-            and isinstance(v, float)}
+    keep = {k: v for k, v in ev.items() if k.startswith(("fidelity_auroc_", "fidelity_suites_",
+                                                         "laterality_accuracy_", "negation_share_"))
+            and isinstance(v, int | float)}
     return {"diffusion_steps": m.get("steps"), "diffusion_val_loss": m.get("val_loss"),
             "diffusion_pipeline_dir": m.get("pipeline_dir"), "samples": gen.get("count"),
             "samples_diverged": gen.get("diverged"), "fid_classifier": ev.get("fid_classifier"),

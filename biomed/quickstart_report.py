@@ -20,7 +20,7 @@ import io
 import json
 import math
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -37,12 +37,15 @@ _MISSING = "missing"
 
 
 class Target(NamedTuple):
-    """A number of a stage record (``stages/<stage>.json``), met when ``>= threshold``."""
+    """A number of a stage record (``stages/<stage>.json``), met when ``>= threshold`` and, with
+    ``count_key``, measured on at least ``min_count`` items (e.g. positive prompts)."""
 
     stage: str
     key: str
     what: str
     threshold: float
+    count_key: str | None = None
+    min_count: int = 0
 
 
 # lm_ppl_ratio is unigram / validation perplexity (biomed/lm/train.py): "validation perplexity
@@ -50,9 +53,10 @@ class Target(NamedTuple):
 TARGETS = (
     Target("lm", "lm_ppl_ratio", "unigram / val perplexity (val ppl at most unigram/5)", 5.0),
     Target("classifier", "classifier_clear_macro_auroc", "clear-findings macro AUROC", 0.95),
-    Target("diffusion", "fidelity_auroc_cardiomegaly", "prompt fidelity AUROC, cardiomegaly",
-           0.85),
-    Target("diffusion", "fidelity_auroc_effusion", "prompt fidelity AUROC, effusion", 0.85))
+    # over the held-out report prompts and the templated suite prompts: 30+ positives each
+    *(Target("diffusion", f"fidelity_suites_auroc_{f}",
+             f"prompt fidelity AUROC, {f} (report + templated prompts, >= 30 positives)", 0.85,
+             f"fidelity_suites_n_pos_{f}", 30) for f in ("cardiomegaly", "effusion")))
 _HEADLINES = {"corpus": ("pubmed_abstracts",), "reports": ("iu_reports",),
               "lm": ("lm_val_ppl", "lm_unigram_ppl", "lm_steps"),
               "phantom": ("phantom_images", "phantom_reports_used", "phantom_templates"),
@@ -128,10 +132,15 @@ def _duration(s: Any) -> str:
     return "n/a" if v is None else f"{v:.1f} s" if v < 60 else f"{v // 60:.0f} min {v % 60:.0f} s"
 
 
-def _verdict(t: Target, value: Any) -> str:
-    v = _num(value)
-    return "n/a" if v is None else ('<span class="met">met</span>' if v >= t.threshold else
-                                    '<span class="notmet">not met</span>')
+def _verdict(t: Target, rec: Mapping[str, Any]) -> str:
+    v, n = _num(rec.get(t.key)), _num(rec.get(t.count_key)) if t.count_key else None
+    if v is None:
+        return "n/a"
+    if t.count_key and (n is None or n < t.min_count):
+        got = "no count of" if n is None else f"{n:.0f}"
+        return f'<span class="notmet">not met: {got} positives &lt; {t.min_count}</span>'
+    return ('<span class="met">met</span>' if v >= t.threshold else
+            '<span class="notmet">not met</span>')
 
 
 # ---------------------------------------------------------------------------------------------
@@ -282,10 +291,13 @@ def _stage_table(run: _Run, configured: Any, out: Path) -> str:
         seconds = _num(rec.get(f"{name}_seconds"))
         total += seconds or 0.0
         targets = [t for t in TARGETS if t.stage == name]
-        numbers = _headline(name, rec) + [f"{_e(t.key)} {_f(rec.get(t.key))}" for t in targets]
+        numbers = _headline(name, rec) + [
+            f"{_e(t.key)} {_f(rec.get(t.key))}"
+            + (f" ({_f(rec.get(t.count_key))} positives)" if t.count_key else "")
+            for t in targets]
         rows.append([_e(name), _duration(seconds), "<br>".join(numbers),
                      "<br>".join(_e(f"{t.what} ≥ {t.threshold:g}") for t in targets),
-                     "<br>".join(_verdict(t, rec.get(t.key)) for t in targets)])
+                     "<br>".join(_verdict(t, rec) for t in targets)])
     rows.append(["<b>total</b>", f"<b>{_duration(total)}</b>", "", "", ""])
     return _table(("stage", "wall time", "headline numbers", "target", "met?"), rows)
 
@@ -426,6 +438,16 @@ def _diffusion(run: _Run) -> str:
                           for k, v in _dict(ev.get("fidelity")).items()),
                         ["macro", "", _f(ev.get("fidelity_macro_auroc")),
                          _f(ev.get("real_macro_auroc"))]]))
+    with_suites = _dict(ev.get("fidelity_with_suites"))
+    if with_suites:
+        body.append("<p>The same AUROC over every prompt sampled: the held-out reports and the "
+                    "templated prompts of the laterality and negation suites (a templated "
+                    "prompt's labels are exact). Most positives here are templated.</p>")
+        body.append(_table(("finding", "positives (templated + reports) / negatives",
+                            "generated [95% CI]"),
+                           ([_e(k), f"{_f(_get(v, 'n_pos'))} ({_f(_get(v, 'n_pos_templated'))}"
+                             f" + {_f(_get(v, 'n_pos_held_out'))}) / {_f(_get(v, 'n_neg'))}",
+                             _ci(_get(v, "generated"))] for k, v in with_suites.items())))
     suites = [("laterality (side accuracy)", "laterality", "n", "accuracy"),
               ("negation (negated prompt lower)", "negation", "n_pairs", "share")]
     body.append(_table(("suite", "finding", "n", "score [95% CI]"),

@@ -327,6 +327,16 @@ def test_perfect_generator_scores_high_and_a_prompt_blind_one_scores_chance(test
         assert good[f"negation_share_{name}"] >= 0.9, name
         assert blind[f"negation_share_{name}"] == 0.5  # same seed, prompt ignored: a tie
         assert blind["negation"][name]["ties"] == st.negation_pairs
+        # fidelity over the held-out and the templated suite prompts: every suite prompt that
+        # states the finding is a positive (laterality: 2 x per side; negation: one per pair)
+        suites = good["fidelity_with_suites"][name]
+        templated = st.negation_pairs + (2 * st.laterality_per_side
+                                         if name in ("effusion", "pneumothorax") else 0)
+        assert suites["n_pos_templated"] == templated, name
+        assert suites["n_pos"] == templated + suites["n_pos_held_out"], name
+        assert suites["n_pos_held_out"] == good["fidelity"][name]["n_pos"], name
+        assert good[f"fidelity_suites_auroc_{name}"] >= 0.9, name
+        assert abs(blind[f"fidelity_suites_auroc_{name}"] - 0.5) < 0.2, name
     for name in ("effusion", "pneumothorax"):
         assert good[f"laterality_accuracy_{name}"] >= 0.9, name
         assert abs(blind[f"laterality_accuracy_{name}"] - 0.5) <= 0.25, name

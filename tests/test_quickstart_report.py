@@ -43,12 +43,13 @@ def _image(seed: int, size: int = 24) -> np.ndarray:
 
 
 def _stages(ppl_ratio: float = 5.3, clear: float = 0.949, card: float | None = 0.91,
-            eff: float = 0.5) -> dict[str, dict]:
+            eff: float = 0.5, eff_positives: int = 60) -> dict[str, dict]:
     """stages/<name>.json as biomed/quickstart.py writes them (``inputs`` is a hash)."""
-    fid = {"fidelity_auroc_effusion": eff, "laterality_accuracy_effusion": 1.0,
-           "negation_share_effusion": 0.75}
+    fid = {"fidelity_suites_auroc_effusion": eff, "fidelity_suites_n_pos_effusion": eff_positives,
+           "laterality_accuracy_effusion": 1.0, "negation_share_effusion": 0.75}
     if card is not None:  # a finding with no positive prompt has no key at all
-        fid["fidelity_auroc_cardiomegaly"] = card
+        fid["fidelity_suites_auroc_cardiomegaly"] = card
+        fid["fidelity_suites_n_pos_cardiomegaly"] = 35
     s = {"corpus": {"pubmed_abstracts": 33272, "pubmed_records_read": 40000},
          "reports": {"iu_reports": 3955},
          "lm": {"lm_val_ppl": 280.0, "lm_unigram_ppl": 280.0 * ppl_ratio,
@@ -134,6 +135,8 @@ def fake_run(root: Path, *, smoke: bool = False, **targets) -> Path:
                      "effusion": {"n_pos": 12, "n_neg": 88, "generated": _ci(0.5),
                                   "real": _ci(0.98)},
                      "mass": {"n_pos": 0, "n_neg": 100, "generated": None, "real": None}},
+        "fidelity_with_suites": {"effusion": {"n_pos": 77, "n_neg": 120, "generated": _ci(0.88),
+                                              "n_pos_templated": 64, "n_pos_held_out": 13}},
         "fidelity_macro_auroc": 0.705, "real_macro_auroc": 0.985,
         "laterality": {"effusion": {"n": 32, "accuracy": _ci(1.0, 0.0), "accuracy_left": 1.0,
                                     "accuracy_right": 1.0, "real": None},
@@ -219,7 +222,12 @@ def test_targets_marked_met_and_not_met(tmp_path: Path) -> None:
     assert "n/a" in diff and diff.count('class="met">met') == 1
     assert {(t.stage, t.key) for t in TARGETS} >= {
         ("lm", "lm_ppl_ratio"), ("classifier", "classifier_clear_macro_auroc"),
-        ("diffusion", "fidelity_auroc_cardiomegaly"), ("diffusion", "fidelity_auroc_effusion")}
+        ("diffusion", "fidelity_suites_auroc_cardiomegaly"),
+        ("diffusion", "fidelity_suites_auroc_effusion")}
+    # a fidelity above the threshold on too few positive prompts is not met
+    page = _render(fake_run(tmp_path, eff=0.95, eff_positives=12))
+    diff = _stage_row(page, "diffusion")
+    assert "not met: 12 positives &lt; 30" in diff and diff.count('class="met">met') == 1
 
 
 def test_stage_times_and_headlines(tmp_path: Path) -> None:
@@ -253,6 +261,7 @@ def test_sections_numbers(tmp_path: Path) -> None:
     diff = re.search(r"<h2>Diffusion.*?</section>", page, re.S).group(0)
     assert "0.0812" in diff and "0.910 [0.890, 0.930]" in diff and "skipped" in diff
     assert "0.750 [0.730, 0.770]" in diff and "3.21" in diff
+    assert "77 (64 + 13) / 120" in diff and "0.880 [0.860, 0.900]" in diff
     aug = re.search(r"<h2>Synthetic augmentation.*?</section>", page, re.S).group(0)
     assert "demonstration" in aug and "[-0.003, 0.025]" in aug and "0.031" in aug
     assert "0.777" not in aug and "0.666" not in aug  # exploratory and subgroup rows left out

@@ -22,6 +22,7 @@ from biomed.imaging.diffusion.evaluate.scoring import (
     diversity_metrics,
     fid_metrics,
     fidelity_both,
+    fidelity_with_suites,
     flat_metrics,
     laterality_metrics,
     negation_metrics,
@@ -119,6 +120,9 @@ def evaluate_generation(generate: GenerateFn, dataset: Any, tool: ClassifierTool
         "image_size": list(gen.shape[1:]), "classifier_labels": list(tool.labels),
         "sources": {s: held.sources.count(s) for s in sorted(set(held.sources)) if s},
         **fidelity_both(held, probs_gen, probs_real, tool.labels, st.text_check, n_boot, seed),
+        "fidelity_with_suites": fidelity_with_suites(
+            held, probs_gen, _held_labels(held, st.text_check), plan.suite_cases(), bank, tool,
+            plan.suite_findings(), n_boot=n_boot, seed=seed),
         "laterality": laterality_metrics(plan.laterality, bank, tool, held, probs_real,
                                          n_boot=n_boot, seed=seed),
         "negation": negation_metrics(plan.negation, bank, tool, n_boot=n_boot, seed=seed),
@@ -138,6 +142,14 @@ def evaluate_generation(generate: GenerateFn, dataset: Any, tool: ClassifierTool
     rows = min(int(st.grid_prompts), plan.diversity)
     grid = _grid(plan, bank, dataset, rows) if rows else None
     return Evaluation(metrics, grid, held.prompts[:rows])
+
+
+def _held_labels(held: Any, text_check: bool) -> np.ndarray:
+    if not text_check:
+        return held.labels
+    from biomed.imaging.reports.mentions import text_checked_labels
+
+    return text_checked_labels(held.labels, held.label_names, held.prompts)
 
 
 def _grid(plan: Plan, bank: Mapping, dataset: Any, rows: int) -> np.ndarray:

@@ -170,6 +170,15 @@ class Plan:
         out += [(c.prompt, c.seed) for p in self.negation for c in (p.negated, p.stated)]
         return out
 
+    def suite_cases(self) -> list[Case]:
+        """Every templated prompt: the laterality cases, then both members of each pair."""
+        return [*self.laterality, *(c for p in self.negation for c in (p.negated, p.stated))]
+
+    def suite_findings(self) -> list[str]:
+        """The findings the suites state (laterality's, then negation's), each once."""
+        return list(dict.fromkeys([*(c.finding for c in self.laterality),
+                                   *(p.finding for p in self.negation)]))
+
     def samples_of(self, bank: Mapping, i: int) -> np.ndarray:
         return np.stack([bank[(self.held.prompts[i], self.held.image_seed(i, k))]
                          for k in range(self.samples)])
