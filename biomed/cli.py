@@ -36,6 +36,8 @@ EXPERIMENTS: dict[str, tuple[str, str]] = {
                             "FID, diversity, CLIP score and prompt fidelity of a generator"),
     "augment": ("biomed.augment.sweep",
                 "does synthetic data help a classifier? the sweep, results.csv, report.html"),
+    "app": ("biomed.app_command",
+            "the teaching app (Gradio) on 127.0.0.1: generate, compare, quiz, read, report"),
 }
 
 # name -> (module:function taking argv, one line of help)
