@@ -113,6 +113,8 @@ def build_app(cfg: DictConfig, ctx: AppContext | None = None) -> gr.Blocks:
     ctx = ctx if ctx is not None else AppContext.load(cfg)
     # before any component exists: each one records its cache folder when made
     os.environ["GRADIO_TEMP_DIR"] = str(gradio_temp_dir(ctx))
+    # example caching is off, but gradio serves its examples cache folder: keep it private too
+    os.environ["GRADIO_EXAMPLES_CACHE"] = str(gradio_temp_dir(ctx) / "examples")
     import gradio as gr
 
     if cfg.get("warmup", True):

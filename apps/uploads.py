@@ -47,7 +47,7 @@ __all__ = ["DEFAULTS", "Upload", "app_deidentifier", "app_key_file", "apply_wind
 
 # conf/app.yaml ``uploads:`` (every key optional; these are the defaults)
 DEFAULTS: dict[str, Any] = {
-    "max_bytes": 20 * 1024 * 1024,  # as Gradio's max_file_size "20mb", checked again here
+    "max_bytes": None,  # null: the server's max_file_size (one limit), checked again here
     "max_pixels": 40_000_000,  # > any CR/DX detector (~18 MP), far below a decompression bomb
     "display_max": 1024,  # longer side of the images kept per session and shown
     # "session": the app's one key for this process, in memory (`apps.common.session_key`), so
@@ -82,6 +82,21 @@ def _settings(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
     return {k: v if section.get(k) is None else section.get(k) for k, v in DEFAULTS.items()}
 
 
+_UNITS = {"b": 1, "kb": 1024, "mb": 1024**2, "gb": 1024**3}  # as Gradio's FileSize
+
+
+def parse_size(size: str | int) -> int:
+    """Bytes of a size written as Gradio's ``max_file_size`` is (``20mb``, ``512kb``, an int)."""
+    import re
+
+    if isinstance(size, int):
+        return size
+    m = re.fullmatch(r"\s*(\d+)\s*([kmg]?b)\s*", str(size).lower())
+    if not m:
+        raise ConfigError(f"max_file_size={size!r}: not a size like 20mb, 512kb or 1gb")
+    return int(m.group(1)) * _UNITS[m.group(2)]
+
+
 def upload_limits(cfg: Mapping[str, Any] | None = None) -> Limits:
     """The caps of ``uploads.max_bytes`` / ``uploads.max_pixels`` as the DICOM guard's `Limits`
     (the pixel cap never above Pillow's ``Image.MAX_IMAGE_PIXELS``)."""
@@ -89,7 +104,9 @@ def upload_limits(cfg: Mapping[str, Any] | None = None) -> Limits:
 
     s = _settings(cfg)
     try:
-        max_bytes, max_pixels = int(s["max_bytes"]), int(s["max_pixels"])
+        max_bytes = (int(s["max_bytes"]) if s["max_bytes"] is not None
+                     else parse_size((cfg or {}).get("max_file_size") or "20mb"))
+        max_pixels = int(s["max_pixels"])
     except (TypeError, ValueError):
         raise ConfigError("uploads.max_bytes and uploads.max_pixels must be integers") from None
     if max_bytes < 1 or max_pixels < 1:
@@ -166,16 +183,18 @@ def sniff_kind(path: str | Path, name: str | None = None) -> str:
 
 
 def read_upload(path: str | Path, deid: Any, cfg: Mapping[str, Any] | None = None, *,
-                name: str | None = None, delete: bool = True) -> Upload:
+                name: str | None = None, delete: bool = True, builtin: bool = False) -> Upload:
     """Check, decode and (DICOM) de-identify one uploaded file; see the module docstring.
 
     ``deid``: the app's `Deidentifier` (`app_deidentifier`). ``delete``: remove the file after
-    reading (an upload; never the built-in example). Raises `InputError` naming the upload.
+    reading (an upload; never the built-in example). ``builtin``: a file the app ships (RG1),
+    exempt from the byte cap (its pixel count is still checked). Raises `InputError` naming
+    the upload.
     """
     path = Path(path)
     shown = _display_name(path, name)
     try:
-        return _read(path, shown, deid, cfg)
+        return _read(path, shown, deid, cfg, builtin)
     except InputError as e:
         raise InputError(shown, _scrub(e.reason, path, shown)) from None
     finally:
@@ -183,7 +202,8 @@ def read_upload(path: str | Path, deid: Any, cfg: Mapping[str, Any] | None = Non
             _delete_upload(path)
 
 
-def _read(path: Path, shown: str, deid: Any, cfg: Mapping[str, Any] | None) -> Upload:
+def _read(path: Path, shown: str, deid: Any, cfg: Mapping[str, Any] | None,
+          builtin: bool = False) -> Upload:
     limits = upload_limits(cfg)
     display_max = max(16, int(_settings(cfg)["display_max"]))
     if not path.is_file():
@@ -191,9 +211,9 @@ def _read(path: Path, shown: str, deid: Any, cfg: Mapping[str, Any] | None) -> U
     size = path.stat().st_size
     if size == 0:
         raise InputError(shown, "empty file (0 bytes)")
-    if size > limits.max_file_bytes:
-        raise InputError(shown, f"file too large: {size / 1e6:.1f} MB, over the app's upload "
-                         f"limit of {limits.max_file_bytes / 1e6:.1f} MB (uploads.max_bytes)")
+    if size > limits.max_file_bytes and not builtin:
+        raise InputError(shown, f"file too large: {size / 2**20:.1f} MiB, over the app's upload "
+                         f"limit of {limits.max_file_bytes / 2**20:.1f} MiB (max_file_size)")
     kind = sniff_kind(path)
     if kind == "dicom":
         return _read_dicom(path, shown, deid, limits, display_max)

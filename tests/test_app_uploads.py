@@ -256,3 +256,13 @@ def test_rg1_jpeg2000_reads_as_its_uncompressed_twin(cfg: dict, deid) -> None:
     assert j2k.image.shape == (1955, 1841) and np.array_equal(j2k.image, unc.image)
     assert "CompressedSamples" not in _header_text(j2k) and "9RG1" not in _header_text(j2k)
     assert sources.path("chest_dicom", "RG1_J2KI.dcm").is_file()  # the example is never deleted
+
+
+def test_one_upload_limit_by_default_the_servers_max_file_size() -> None:
+    assert uploads.parse_size("512kb") == 512 * 1024 and uploads.parse_size(7) == 7
+    assert uploads.upload_limits({"max_file_size": "5mb"}).max_file_bytes == 5 * 2**20
+    assert uploads.upload_limits(None).max_file_bytes == 20 * 2**20  # conf/app.yaml's 20mb
+    own = {"max_file_size": "5mb", "uploads": {"max_bytes": 1000}}
+    assert uploads.upload_limits(own).max_file_bytes == 1000  # set apart on purpose
+    with pytest.raises(ConfigError, match="max_file_size='lots'"):
+        uploads.upload_limits({"max_file_size": "lots"})

@@ -131,10 +131,11 @@ def _deid(ctx: AppContext) -> Any:
 
 
 def read_file(ctx: AppContext, path: str | Path, *, name: str | None = None,
-              delete: bool = True) -> uploads.Upload:
+              delete: bool = True, builtin: bool = False) -> uploads.Upload:
     """Check, decode and (DICOM) de-identify an uploaded file (`apps.uploads.read_upload`);
     the upload is deleted afterwards unless ``delete=False``."""
-    return uploads.read_upload(path, _deid(ctx), ctx.cfg, name=name, delete=delete)
+    return uploads.read_upload(path, _deid(ctx), ctx.cfg, name=name, delete=delete,
+                               builtin=builtin)
 
 
 def example_path(ctx: AppContext) -> Path:
@@ -148,7 +149,8 @@ def example_path(ctx: AppContext) -> Path:
 def read_example(ctx: AppContext) -> uploads.Upload:
     """The RG1 example, read like an upload (de-identified on arrival) but never deleted."""
     path = example_path(ctx)
-    return read_file(ctx, path, name=f"{path.name} (built-in example)", delete=False)
+    return read_file(ctx, path, name=f"{path.name} (built-in example)", delete=False,
+                     builtin=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -336,12 +338,12 @@ def build(ctx: AppContext) -> None:
     """The tab's components and events (called inside ``gr.Tab``)."""
     import gradio as gr
 
-    cap = uploads.upload_limits(ctx.cfg).max_file_bytes / 1e6
+    cap = uploads.upload_limits(ctx.cfg).max_file_bytes / 2**20
     gr.Markdown(OOD_NOTE, elem_id="read-ood-note")
     with gr.Row():
         with gr.Column(scale=1, min_width=300):
             upload = gr.File(label=f"Upload a chest X-ray: DICOM, PNG or JPEG (at most "
-                             f"{cap:.0f} MB; deleted after reading)", type="filepath",
+                             f"{cap:.0f} MiB; deleted after reading)", type="filepath",
                              file_count="single", elem_id="read-upload")
             example = gr.Button("Load the example: RG1, a real PA chest radiograph (DICOM)",
                                 elem_id="read-example-rg1")

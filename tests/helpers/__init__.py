@@ -13,6 +13,8 @@ never each other.
 - ``data``: copies of the dataset fixtures with seeded images written where their tables point.
 - ``dicom``: realistic PACS-export DICOM files, their identifying values, a truncated JPEG 2000.
 - ``hostile``: hostile and broken DICOM files (and a good pair) for the batch commands.
+- ``app``: one tiny model of each kind for the teaching app, its composed config, and the app
+  served on 127.0.0.1 in this process (`serve`).
 - ``engine``: a tiny regression model trained through the engine; also runs as a subprocess
   (``python -m tests.helpers.engine``) for the DDP and kill-and-resume tests.
 """
