@@ -51,16 +51,6 @@ def small_png(png: bytes, max_height: int, max_kb: int) -> bytes:
         scale *= 0.85
 
 
-def open_tab(page, elem_id: str, label: str) -> None:
-    """Click a tab's button; at narrow widths gradio hides some tabs in its "More tabs" menu."""
-    button = page.locator(f"#{elem_id}-button")
-    if not button.is_visible():
-        page.get_by_role("button", name="More tabs").click()
-        button = page.locator(".overflow-dropdown button", has_text=label)
-    button.click()
-    page.locator(f"#{elem_id}").wait_for(state="visible")
-
-
 def run_action(page, elem_id: str, example: str) -> None:
     """The tab's main action, waited for (so the screenshot shows a result)."""
     if elem_id == "tab-generate":
@@ -90,6 +80,9 @@ def shoot(url: str, out: Path, examples: list[str], width: int, max_height: int,
     from playwright.sync_api import sync_playwright
 
     from apps.tabs import TABS
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: tests/
+    from tests.helpers.app import open_tab  # one way to reach a tab, shared with the test
 
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     args = ["--no-sandbox"] if hasattr(os, "geteuid") and os.geteuid() == 0 else []

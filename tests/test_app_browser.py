@@ -29,7 +29,7 @@ playwright_api = pytest.importorskip("playwright.sync_api")
 
 from apps.tabs import TABS  # noqa: E402
 from tests.helpers import dicom as D  # noqa: E402
-from tests.helpers.app import LABELS, PROMPT, app_cfg, serve, tiny_models  # noqa: E402
+from tests.helpers.app import LABELS, PROMPT, app_cfg, open_tab, serve, tiny_models  # noqa: E402
 
 PHONE_WIDTH = 390
 SLACK_PX = 2  # sub-pixel rounding of the scroll width
@@ -65,17 +65,6 @@ def shots(tmp_path) -> Path:
     folder = Path(os.environ.get("BIOMED_SCREENSHOTS") or tmp_path / "screenshots")
     folder.mkdir(parents=True, exist_ok=True)
     return folder
-
-
-def open_tab(page, elem_id: str, label: str) -> None:
-    """Click a tab's button (``#<elem_id>-button``); at narrow widths gradio moves some tabs
-    into its "More tabs" menu, so open that first when the button is hidden."""
-    button = page.locator(f"#{elem_id}-button")
-    if not button.is_visible():
-        page.get_by_role("button", name="More tabs").click()
-        button = page.locator(".overflow-dropdown button", has_text=label)
-    button.click()
-    page.locator(f"#{elem_id}").wait_for(state="visible")
 
 
 def overflow_px(page) -> int:

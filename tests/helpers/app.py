@@ -140,3 +140,14 @@ def serve(cfg: DictConfig) -> Iterator[Served]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def open_tab(page, elem_id: str, label: str) -> None:
+    """Click a tab's button (``#<elem_id>-button``); at narrow widths gradio moves some tabs
+    into its "More tabs" menu, so open that first when the button is hidden."""
+    button = page.locator(f"#{elem_id}-button")
+    if not button.is_visible():
+        page.get_by_role("button", name="More tabs").click()
+        button = page.locator(".overflow-dropdown button", has_text=label)
+    button.click()
+    page.locator(f"#{elem_id}").wait_for(state="visible")
