@@ -104,6 +104,11 @@ def _tab_module(tab: Tab) -> ModuleType | None:
         return None
 
 
+#: the events (api names) that share the ``models`` queue (``queue.concurrency`` at a time)
+HEAVY_EVENTS = frozenset({"generate", "compare", "quiz_new", "read_xray", "read_example",
+                          "read_window", "report_continue"})
+
+
 def build_app(cfg: DictConfig, ctx: AppContext | None = None) -> gr.Blocks:
     """The app's Blocks for ``cfg``, queued, not launched. ``ctx``: a loaded `AppContext`
     (default: `AppContext.load(cfg)`). Sets gradio's temporary folder to the context's private
@@ -130,7 +135,7 @@ def build_app(cfg: DictConfig, ctx: AppContext | None = None) -> gr.Blocks:
         except Exception as e:  # noqa: BLE001 - one tab's launch work must not stop the app
             failed[tab.elem_id] = " ".join(str(e).split())[:300] or type(e).__name__
             log.exception("tab %r: prepare failed", tab.label)
-    frequency, age = (int(v) for v in (cfg.get("delete_cache") or (3600, 3600)))
+    frequency, age = (int(v) for v in (cfg.get("delete_cache") or (300, 900)))
     with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=(frequency, age)) as demo:
         gr.Markdown(header_markdown(ctx), elem_id="app-header")
         with gr.Tabs():
@@ -144,6 +149,11 @@ def build_app(cfg: DictConfig, ctx: AppContext | None = None) -> gr.Blocks:
                                     f"({failed[tab.elem_id]}); it does what it can.")
                     module.build(ctx)
     queue = cfg.get("queue") or {}
-    demo.queue(default_concurrency_limit=int(queue.get("concurrency", 1)),
-               max_size=int(queue.get("max_size", 16)))
+    limit = int(queue.get("concurrency", 1))
+    # one queue for every event that runs a model or renders phantoms, whichever tab it comes
+    # from: queue.concurrency is then a limit on the whole app's CPU work, not per button
+    for fn in demo.fns.values():
+        if fn.api_name in HEAVY_EVENTS:
+            fn.concurrency_id, fn.concurrency_limit = "models", limit
+    demo.queue(default_concurrency_limit=limit, max_size=int(queue.get("max_size", 16)))
     return demo

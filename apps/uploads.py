@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+import threading
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -55,6 +56,9 @@ DEFAULTS: dict[str, Any] = {
     # file of the app's own, created once (never the dataset key)
     "key_file": "session",
     "allow_burned_in": False,  # DICOM whose header says its pixels may identify: refused
+    # seconds between reading an upload and deleting it: gradio keeps one file per content, so
+    # a class uploading the same DICOM at once shares one path (0: at once)
+    "delete_after_s": 60,
 }
 SESSION_KEY = "session"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -199,7 +203,13 @@ def read_upload(path: str | Path, deid: Any, cfg: Mapping[str, Any] | None = Non
         raise InputError(shown, _scrub(e.reason, path, shown)) from None
     finally:
         if delete:
-            _delete_upload(path)
+            delay = float(_settings(cfg)["delete_after_s"] or 0)
+            if delay > 0:
+                timer = threading.Timer(delay, _delete_upload, (path,))
+                timer.daemon = True  # the private folder goes with the app anyway
+                timer.start()
+            else:
+                _delete_upload(path)
 
 
 def _read(path: Path, shown: str, deid: Any, cfg: Mapping[str, Any] | None,
@@ -292,9 +302,7 @@ def _delete_upload(path: Path) -> None:
     """Remove an uploaded file, only inside the temp folders uploads live in (never a file
     elsewhere), and the folder Gradio made for it inside ``$GRADIO_TEMP_DIR`` once empty."""
     gradio_dir = os.environ.get("GRADIO_TEMP_DIR")
-    roots = [Path(tempfile.gettempdir()).resolve()]
-    if gradio_dir:
-        roots.append(Path(gradio_dir).resolve())
+    roots = [Path(gradio_dir).resolve()] if gradio_dir else [Path(tempfile.gettempdir()).resolve()]
     try:
         real = path.resolve()
         if not any(real.is_relative_to(r) for r in roots):

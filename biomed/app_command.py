@@ -15,7 +15,9 @@ inside ``run`` only, and needs the ``app`` extra (``pip install -e '.[app]'``, w
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 from typing import Any
 
 from omegaconf import DictConfig
@@ -39,6 +41,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
         torch.set_num_threads(int(cfg.threads))
     kwargs = launch_kwargs(cfg)
+    # SIGTERM/SIGHUP (docker stop, systemd, a CI timeout) end it like Ctrl+C, so the `finally`
+    # below removes the private folder with its uploads and images
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, _exit_cleanly)
     ctx = AppContext.load(cfg)
     url, demo = None, None
     try:
@@ -55,6 +62,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             demo.close(verbose=False)  # frees the port (a no-op when already closed)
         ctx.close()
     return {"url": url}
+
+
+def _exit_cleanly(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 main = hydra_app("app")(run)

@@ -113,3 +113,12 @@ def test_difference_maps_are_diverging_symmetric_and_have_a_colour_bar():
     fig = difference_figure(np.outer(np.linspace(-1, 1, 32), np.ones(32)), "B - A")
     assert fig.dtype == np.uint8 and fig.ndim == 3 and fig.shape[2] == 3
     assert fig.shape[1] > fig.shape[0] * 0.9  # the image plus its colour bar beside it
+
+
+def test_a_hand_edited_report_is_flagged_the_phantom_draws_the_list() -> None:
+    from apps.tabs.compare import DEFAULT_A, DEFAULT_B, hand_edit_note, prompt_of
+
+    a, b = DEFAULT_A, DEFAULT_B
+    assert hand_edit_note(prompt_of(a), prompt_of(b), a, b) == ""
+    note = hand_edit_note(prompt_of(a), "Large right pneumothorax.", a, b)
+    assert "report B was edited by hand" in note and "report A" not in note

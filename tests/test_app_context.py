@@ -126,7 +126,7 @@ def test_the_app_builds_with_no_model_at_all(tmp_path):
         header = next(c for c in _config(demo)["components"]
                       if c.get("props", {}).get("elem_id") == "app-header")["props"]["value"]
         assert "Not for diagnosis" in header and "make quickstart" in header
-        assert demo.delete_cache == (3600, 3600)
+        assert demo.delete_cache == (300, 900)
     finally:
         ctx.close()
 

@@ -48,7 +48,8 @@ def models(tmp_path_factory) -> dict:
 
 
 def _cfg(tmp_path: Path, **read) -> OmegaConf:
-    return OmegaConf.create({"seed": 0, "uploads": {"key_file": str(tmp_path / "app.key")},
+    return OmegaConf.create({"seed": 0, "uploads": {"key_file": str(tmp_path / "app.key"),
+                                                         "delete_after_s": 0},
                              "read_xray": {"measure_images": 0, **read}})
 
 

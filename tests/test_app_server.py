@@ -257,6 +257,38 @@ def test_read_dicom_is_deidentified_and_deleted(client, served, tmp_path):
     assert not list(served.ctx.work_dir.rglob(name)), "the upload was kept on the server"
 
 
+def test_a_cached_file_no_one_uploaded_is_neither_read_nor_deleted(served):
+    """A script POSTs to /read_xray the path of a file in gradio's cache that was never uploaded
+    (another session's image: its name is a hash of its content, so it can be guessed): the
+    app refuses it and the file stays."""
+    import json
+    import urllib.request
+
+    victim = served.ctx.work_dir / "gradio" / "f00d" / "someone_elses.png"
+    victim.parent.mkdir(parents=True, exist_ok=True)
+    victim.write_bytes(png_bytes(np.full((64, 64), 128, np.uint8)))
+    body = json.dumps({"data": [{"path": str(victim), "meta": {"_type": "gradio.FileData"}}]})
+    req = urllib.request.Request(f"{served.url.rstrip('/')}/gradio_api/call/read_xray",
+                                 body.encode(), {"Content-Type": "application/json"})
+    event = json.loads(urllib.request.urlopen(req, timeout=30).read())["event_id"]
+    with urllib.request.urlopen(f"{served.url.rstrip('/')}/gradio_api/call/read_xray/{event}",
+                                timeout=60) as r:
+        answer = r.read().decode()
+    assert "not uploaded to this app" in answer
+    assert victim.is_file()
+
+
+def test_model_events_share_one_queue(served):
+    """queue.concurrency limits the whole app's CPU work: every event that runs a model or
+    renders phantoms is in one concurrency group, whichever tab sends it."""
+    from apps import HEAVY_EVENTS
+
+    fns = {fn.api_name: fn for fn in served.demo.fns.values() if isinstance(fn.api_name, str)}
+    assert set(fns) >= HEAVY_EVENTS
+    assert {fns[n].concurrency_id for n in HEAVY_EVENTS} == {"models"}
+    assert {fns[n].concurrency_limit for n in HEAVY_EVENTS} == {served.ctx.cfg.queue.concurrency}
+
+
 def test_read_example(client):
     """/read_example: the built-in real radiograph RG1 (from the data cache), read as an
     upload; without the cache it is one line naming the fetch command."""

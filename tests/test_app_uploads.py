@@ -28,7 +28,7 @@ from tests.helpers.hostile import HOSTILE, hostile_set
 
 @pytest.fixture
 def cfg(tmp_path: Path) -> dict:
-    return {"uploads": {"key_file": str(tmp_path / "keys" / "app.key")}}
+    return {"uploads": {"key_file": str(tmp_path / "keys" / "app.key"), "delete_after_s": 0}}
 
 
 @pytest.fixture
@@ -266,3 +266,17 @@ def test_one_upload_limit_by_default_the_servers_max_file_size() -> None:
     assert uploads.upload_limits(own).max_file_bytes == 1000  # set apart on purpose
     with pytest.raises(ConfigError, match="max_file_size='lots'"):
         uploads.upload_limits({"max_file_size": "lots"})
+
+
+def test_an_upload_is_deleted_after_a_grace_period(tmp_path: Path, cfg: dict, deid) -> None:
+    """gradio keeps one file per content: two users uploading the same DICOM share its path,
+    so it is deleted ``delete_after_s`` after reading, not at once."""
+    import time
+
+    path = save(make_dataset(), tmp_path / "shared.dcm")
+    later = {"uploads": {**cfg["uploads"], "delete_after_s": 0.3}}
+    uploads.read_upload(path, deid, later)
+    assert Path(path).exists()  # a second reader of the same upload still finds it
+    uploads.read_upload(path, deid, later)
+    time.sleep(1.0)
+    assert not Path(path).exists()

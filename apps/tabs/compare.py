@@ -38,6 +38,7 @@ from apps.common import (
     missing_note,
     prompt_text,
     safe_errors,
+    symmetric_limit,
 )
 from apps.context import AppContext
 from biomed.imaging.core.findings import FINDING_NAMES, SEVERITIES, SIDES, PhantomFinding
@@ -193,6 +194,19 @@ def compare(ctx: AppContext, prompt_a: Any, prompt_b: Any,
     return out
 
 
+def hand_edit_note(text_a: str, text_b: str, a: Any, b: Any) -> str:
+    """A warning when a report's text is no longer the one its finding list writes (typed by
+    hand, or sent by a script): the phantom still draws the list, not the text."""
+    edited = [name for name, text, found in (("A", text_a, a), ("B", text_b, b))
+              if " ".join(str(text or "").split()) != " ".join(prompt_of(found).split())]
+    if not edited:
+        return ""
+    which = " and ".join(f"report {n}" for n in edited)
+    return (f"\n\n**Note:** {which} was edited by hand, so the phantom beside it still draws "
+            "the finding list above, not the text. Use Add or change / Remove to change what "
+            "the phantom draws.")
+
+
 def notes_markdown(ctx: AppContext, result: Compared) -> str:
     """What the student reads under the images: what each phantom drew, and the notes."""
     drawn_a, drawn_b = result.phantom_drawn
@@ -311,12 +325,16 @@ def build(ctx: AppContext) -> None:
     def on_compare(text_a, text_b, seed_value, steps_value, guidance_value, a, b):
         r = compare(ctx, text_a, text_b, a, b, seed_value, steps_value, guidance_value)
         model_diff = r.model_diff
+        # one colour scale for both maps, so that equal colours mean equal changes
+        limit = max(symmetric_limit(r.phantom_diff),
+                    0.0 if model_diff is None else symmetric_limit(model_diff))
         return (None if r.model_a is None else for_display(r.model_a),
                 None if r.model_b is None else for_display(r.model_b),
-                None if model_diff is None else difference_figure(model_diff,
-                                                                  "Model: B - A"),
+                None if model_diff is None else difference_figure(model_diff, "Model: B - A",
+                                                                  limit),
                 for_display(r.phantom_a), for_display(r.phantom_b),
-                difference_figure(r.phantom_diff, "Phantom: B - A"), notes_markdown(ctx, r))
+                difference_figure(r.phantom_diff, "Phantom: B - A", limit),
+                notes_markdown(ctx, r) + hand_edit_note(text_a, text_b, a, b))
 
     button.click(on_compare, [prompt_a, prompt_b, seed, steps, guidance, state_a, state_b],
                  [model_a, model_b, diff, phantom_a, phantom_b, phantom_diff, notes],

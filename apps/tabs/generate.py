@@ -178,8 +178,8 @@ def build(ctx: AppContext) -> None:
             button = gr.Button("Generate", variant="primary", elem_id="generate-button")
     shown_banner = gr.Markdown(banner(), elem_id="generate-banner")
     gallery = gr.Gallery(label=f"Generated chest X-rays ({SYNTHETIC}: not patients)", columns=2,
-                         format="png", object_fit="contain", elem_id="generate-gallery",
-                         interactive=False)
+                         format="png", object_fit="contain", height="auto",
+                         elem_id="generate-gallery", interactive=False)
     provenance = gr.Markdown(elem_id="generate-provenance")
     files = gr.File(label="Downloads: 16-bit PNG and DICOM, each with its provenance",
                     file_count="multiple", interactive=False, elem_id="generate-downloads")

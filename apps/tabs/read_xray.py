@@ -334,6 +334,15 @@ def _refused(message: str) -> tuple:
             0.5, 1.0)
 
 
+def _was_uploaded(blocks: Any, path: str) -> bool:
+    """Whether gradio recorded ``path`` as a file uploaded to this app (``upload_file_set``)."""
+    files = getattr(blocks, "upload_file_set", None)
+    if files is None:  # a gradio without the record: its own cache check is all there is
+        return True
+    real = str(Path(path).resolve())
+    return any(str(Path(f).resolve()) == real for f in files)
+
+
 def build(ctx: AppContext) -> None:
     """The tab's components and events (called inside ``gr.Tab``)."""
     import gradio as gr
@@ -356,12 +365,15 @@ def build(ctx: AppContext) -> None:
             width = gr.Slider(0.005, 1.0, value=1.0, step=0.005, label="Window width "
                               "(fraction of the full range)", elem_id="read-width")
         with gr.Column(scale=1, min_width=300):
-            probs = gr.Label(label="Classifier: probability per finding", num_top_classes=8,
+            # no headline class: on a real film the top label must not read as a diagnosis
+            probs = gr.Label(label="Classifier: probability per finding (each on its own)",
+                             num_top_classes=8, show_heading=False,
                              elem_id="read-probabilities")
             cams = gr.Gallery(label="Grad-CAM: where the classifier found evidence for its "
                               "most probable findings", columns=3, height="auto", format="png",
                               elem_id="read-gradcam")
-            zero = gr.Label(label="CLIP zero-shot: probability per finding", num_top_classes=8,
+            zero = gr.Label(label="CLIP zero-shot: each finding against its absence (they do "
+                            "not add up to 100%)", num_top_classes=8, show_heading=False,
                             elem_id="read-zero-shot")
             similar = gr.Markdown(elem_id="read-similar")
     header = gr.Dataframe(headers=["Tag", "Attribute", "Value"], label="The DICOM header after "
@@ -370,10 +382,16 @@ def build(ctx: AppContext) -> None:
     base = gr.State(None)
     outputs = [shown, probs, cams, zero, similar, header, status, base, level, width]
 
+    blocks = gr.context.Context.root_block  # the app being built: its record of uploads
+
     @safe_errors
     def on_upload(path: str | None) -> tuple:
         if not path:
             return _refused("No file was uploaded.")
+        if blocks is not None and not _was_uploaded(blocks, path):
+            # a file of gradio's cache that no one uploaded (another session's image): never
+            # read or delete it
+            return _refused("That file was not uploaded to this app: upload it again.")
         try:
             return _outputs(ctx, read_file(ctx, path))
         except InputError as e:  # a bad upload: a message, never a traceback

@@ -78,7 +78,7 @@ def app_cfg(models: dict[str, Path], tmp: Path, *overrides: str) -> DictConfig:
         "generate.steps=2", "compare.steps=2", "compare.size=64", "quiz.size=64",
         f"++read_xray.reports={models['reports']}", "++read_xray.measure_images=0",
         "++read_xray.gradcam_size=128",
-        f"++uploads.key_file={tmp / 'app.key'}", *overrides])
+        f"++uploads.key_file={tmp / 'app.key'}", "uploads.delete_after_s=0", *overrides])
 
 
 @dataclass
