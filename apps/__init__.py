@@ -54,7 +54,7 @@ def launch_kwargs(cfg: DictConfig) -> dict[str, Any]:
         "mcp_server": False,
         "pwa": False,
         "enable_monitoring": False,
-        "quiet": False,  # gradio prints the local URL
+        "quiet": True,  # `biomed app` prints the URL (gradio's banner would suggest share=True)
     }
 
 

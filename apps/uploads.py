@@ -59,6 +59,10 @@ DEFAULTS: dict[str, Any] = {
     # seconds between reading an upload and deleting it: gradio keeps one file per content, so
     # a class uploading the same DICOM at once shares one path (0: at once)
     "delete_after_s": 60,
+    # smaller or more elongated images are not radiographs (a 1x1 or 1x3000 PNG would still get
+    # confident probabilities): refused
+    "min_side": 16,
+    "max_aspect": 4.0,
 }
 SESSION_KEY = "session"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -226,12 +230,12 @@ def _read(path: Path, shown: str, deid: Any, cfg: Mapping[str, Any] | None,
                          f"limit of {limits.max_file_bytes / 2**20:.1f} MiB (max_file_size)")
     kind = sniff_kind(path)
     if kind == "dicom":
-        return _read_dicom(path, shown, deid, limits, display_max)
-    return _read_picture(path, shown, kind, limits, display_max)
+        return _read_dicom(path, shown, deid, limits, display_max, _settings(cfg))
+    return _read_picture(path, shown, kind, limits, display_max, _settings(cfg))
 
 
-def _read_picture(path: Path, shown: str, kind: str, limits: Limits,
-                  display_max: int) -> Upload:
+def _read_picture(path: Path, shown: str, kind: str, limits: Limits, display_max: int,
+                  settings: Mapping[str, Any]) -> Upload:
     """PNG/JPEG: Pillow's header checked against the caps, then decoded by the workbench."""
     from PIL import Image
 
@@ -244,6 +248,7 @@ def _read_picture(path: Path, shown: str, kind: str, limits: Limits,
             with Image.open(path, formats=[fmt]) as im:  # reads the header only
                 (w, h), bands, mode = im.size, len(im.getbands()), im.mode
         check_pixel_count(shown, h, w, 1, bands, limits, where="the image header")
+        check_shape(shown, h, w, settings)
         img = read_image_file(path, limits=limits)
     img = _fit(img, display_max)
     header = [["", "Format", fmt], ["", "Size", f"{w} x {h} pixels"], ["", "Mode", mode],
@@ -251,7 +256,8 @@ def _read_picture(path: Path, shown: str, kind: str, limits: Limits,
     return Upload(shown, kind, img, img, 0.5, 1.0, header, (), "the file's pixel values")
 
 
-def _read_dicom(path: Path, shown: str, deid: Any, limits: Limits, display_max: int) -> Upload:
+def _read_dicom(path: Path, shown: str, deid: Any, limits: Limits, display_max: int,
+                settings: Mapping[str, Any]) -> Upload:
     """Parse under the caps, de-identify (in memory, the app's key), decode twice from the
     de-identified dataset: the file's VOI (for the models) and the full range (for the
     sliders). Pixels are taken as they are (``pixels="copy"``): nothing of the dataset is
@@ -274,9 +280,22 @@ def _read_dicom(path: Path, shown: str, deid: Any, limits: Limits, display_max: 
             seen = dataset_to_image(clean, shown, opts)
             full = dataset_to_image(clean, shown, ReadOptions(
                 voi="full", frame=0, color="convert", decode_size=display_max, limits=limits))
+    check_shape(shown, *full.image.shape, settings)
     level, width = _file_window(clean, full.meta.voi, seen.meta.voi)
     return Upload(shown, "dicom", _fit(seen.image, display_max), _fit(full.image, display_max),
                   level, width, header_rows(clean), seen.notes, seen.meta.voi)
+
+
+def check_shape(shown: str, h: int, w: int, settings: Mapping[str, Any]) -> None:
+    """Refuse an image too small or too elongated to be a radiograph (``uploads.min_side``,
+    ``uploads.max_aspect``)."""
+    min_side, max_aspect = int(settings["min_side"]), float(settings["max_aspect"])
+    if min(h, w) < min_side:
+        raise InputError(shown, f"{w} x {h} pixels: too small to be a radiograph (the shorter "
+                         f"side must be at least {min_side} pixels)")
+    if max(h, w) > max_aspect * min(h, w):
+        raise InputError(shown, f"{w} x {h} pixels: too elongated to be a radiograph (sides "
+                         f"differ more than {max_aspect:g} times)")
 
 
 def _fit(img: np.ndarray, display_max: int) -> np.ndarray:

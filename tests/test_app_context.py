@@ -123,6 +123,9 @@ def test_the_app_builds_with_no_model_at_all(tmp_path):
         labels = [c["props"].get("label") for c in _config(demo)["components"]
                   if c["type"] in ("image", "gallery")]
         assert labels and all(labels), labels  # every image has its text
+        button = next(c for c in _config(demo)["components"]
+                      if c.get("props", {}).get("elem_id") == "generate-button")
+        assert button["props"]["interactive"] is False  # nothing to generate with
         header = next(c for c in _config(demo)["components"]
                       if c.get("props", {}).get("elem_id") == "app-header")["props"]["value"]
         assert "Not for diagnosis" in header and "make quickstart" in header

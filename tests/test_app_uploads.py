@@ -280,3 +280,15 @@ def test_an_upload_is_deleted_after_a_grace_period(tmp_path: Path, cfg: dict, de
     uploads.read_upload(path, deid, later)
     time.sleep(1.0)
     assert not Path(path).exists()
+
+
+@pytest.mark.parametrize("shape, reason", [((1, 1), "too small"), ((8, 8), "too small"),
+                                           ((40, 400), "too elongated")])
+def test_images_that_cannot_be_radiographs_are_refused(tmp_path: Path, cfg: dict, deid, shape,
+                                                        reason) -> None:
+    from PIL import Image
+
+    path = tmp_path / "odd.png"
+    Image.fromarray(np.full(shape, 128, np.uint8)).save(path)
+    with pytest.raises(InputError, match=reason):
+        uploads.read_upload(path, deid, cfg)

@@ -175,7 +175,8 @@ def build(ctx: AppContext) -> None:
                                  label="Guidance: how strongly the text steers the image")
             steps = gr.Slider(1, lim["max_steps"], value=lim["steps"], step=1,
                               label="Sampling steps (DPM-Solver++)")
-            button = gr.Button("Generate", variant="primary", elem_id="generate-button")
+            button = gr.Button("Generate", variant="primary", elem_id="generate-button",
+                               interactive=ctx.pipeline is not None)
     shown_banner = gr.Markdown(banner(), elem_id="generate-banner")
     gallery = gr.Gallery(label=f"Generated chest X-rays ({SYNTHETIC}: not patients)", columns=2,
                          format="png", object_fit="contain", height="auto",

@@ -414,6 +414,9 @@ def build(ctx: AppContext) -> None:
                             float_in(wid, 0.001, 1.0, "window width"))
 
     upload.upload(on_upload, inputs=[upload], outputs=outputs, api_name="read_xray")
+    # clearing the upload clears its results too (nothing of a removed file stays on the page)
+    upload.clear(lambda: (None, None, [], None, "", [], "", None, 0.5, 1.0), inputs=[],
+                 outputs=outputs, api_visibility="private")
     example.click(on_example, inputs=[], outputs=outputs, api_name="read_example")
     gr.on([level.input, width.input], on_window, inputs=[base, level, width], outputs=[shown],
           api_name="read_window", trigger_mode="always_last", show_progress="hidden")
