@@ -97,3 +97,16 @@ def test_the_page_has_the_contracts_ids(tmp_path: Path, lm: tuple) -> None:
     assert {"tab-report", "report-input", "report-button", "report-output",
             "report-model-info"} <= ids
     assert "report_continue" in [d.get("api_name") for d in config["dependencies"]]
+
+
+def test_a_text_longer_than_the_context_says_what_the_model_read(tmp_path: Path,
+                                                                   lm: tuple) -> None:
+    ctx = _ctx(tmp_path, lm)
+    short = report.continue_text(ctx, PROMPT, 8, 0.0, 1.0, 0)
+    assert short["read_tokens"] == short["prompt_tokens"]  # all of it
+    assert "read only" not in report._stats(short)
+    long_text = " ".join([PROMPT] * 20)[:990]  # far over the 64-token context
+    out = report.continue_text(ctx, long_text, 8, 0.0, 1.0, 0)
+    assert out["read_tokens"] == 64 - 8 < out["prompt_tokens"]
+    assert f"read only the first {64 - 8} of your {out['prompt_tokens']} tokens" in \
+        report._stats(out) or f"read only the last {64 - 8}" in report._stats(out)

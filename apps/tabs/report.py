@@ -112,14 +112,27 @@ def continue_text(ctx: AppContext, text: Any, max_new_tokens: Any = 64,
                           top_p=p, num_samples=1, batch_size=1, seed=s)[0]
     continuation = sample["text"]
     joiner = "" if not continuation or continuation[:1].isspace() else " "
+    # biomed.lm.generate keeps (context - new tokens) prompt tokens: say so when it cut the text
+    from biomed.lm.model import context_length
+
+    room = context_length(model) - n
+    prompt_tokens = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    read = {"prompt_tokens": prompt_tokens, "read_tokens": min(prompt_tokens, room),
+            "read_from": getattr(tokenizer, "truncation_side", "right")}
     return {"prompt": prompt, "continuation": continuation,
             "text": prompt + joiner + continuation, "new_tokens": int(sample["new_tokens"]),
-            "finished": bool(sample["finished"]), "seconds": time.perf_counter() - t0}
+            "finished": bool(sample["finished"]), "seconds": time.perf_counter() - t0, **read}
 
 
 def _stats(result: dict[str, Any]) -> str:
     end = "the model ended the text" if result["finished"] else "stopped at the token limit"
-    return (f"{result['new_tokens']} new tokens in {result['seconds']:.1f} s ({end}). "
+    cut = ""
+    if result.get("read_tokens", 0) < result.get("prompt_tokens", 0):
+        part = "first" if result.get("read_from") == "right" else "last"
+        cut = (f" The model read only the {part} {result['read_tokens']} of your "
+               f"{result['prompt_tokens']} tokens (its context holds the text and the new "
+               "tokens): shorten the text or ask for fewer new tokens.")
+    return (f"{result['new_tokens']} new tokens in {result['seconds']:.1f} s ({end}).{cut} "
             "Sampled text from a research model: not a report about anyone.")
 
 
