@@ -114,14 +114,16 @@ def evaluate_generation(generate: GenerateFn, dataset: Any, tool: ClassifierTool
     real2 = real_images(dataset, [held.rows[i][1] for i in twice]) if twice else None
     feats = {"classifier": (feat_real[:n_fid], feat_gen[:n_fid])}
     pairs = {} if real2 is None else {"classifier": (feat_real[twice], tool(real2)[1])}
+    held_labels = _held_labels(held, st.text_check)  # the prompts' labels, checked once
     metrics: dict[str, Any] = {
         "n_prompts": len(held.prompts), "images_generated": len(bank),
         "diverged": int(sum(diverged.values())),
         "image_size": list(gen.shape[1:]), "classifier_labels": list(tool.labels),
         "sources": {s: held.sources.count(s) for s in sorted(set(held.sources)) if s},
-        **fidelity_both(held, probs_gen, probs_real, tool.labels, st.text_check, n_boot, seed),
+        **fidelity_both(held, probs_gen, probs_real, tool.labels, st.text_check, n_boot, seed,
+                        checked=held_labels if st.text_check else None),
         "fidelity_with_suites": fidelity_with_suites(
-            held, probs_gen, _held_labels(held, st.text_check), plan.suite_cases(), bank, tool,
+            held, probs_gen, held_labels, plan.suite_cases(), bank, tool,
             plan.suite_findings(), n_boot=n_boot, seed=seed),
         "laterality": laterality_metrics(plan.laterality, bank, tool, held, probs_real,
                                          n_boot=n_boot, seed=seed),

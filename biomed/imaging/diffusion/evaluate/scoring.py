@@ -89,8 +89,8 @@ def fidelity_metrics(held: HeldOut, probs_gen: np.ndarray, probs_real: np.ndarra
 
 
 def fidelity_both(held: HeldOut, probs_gen: np.ndarray, probs_real: np.ndarray,
-                   labels: Sequence[str], text_check: bool, n_boot: int, seed: int
-                   ) -> dict[str, Any]:
+                   labels: Sequence[str], text_check: bool, n_boot: int, seed: int,
+                   checked: np.ndarray | None = None) -> dict[str, Any]:
     """``fidelity`` (on the text-checked prompt labels when ``text_check``), and with the check
     also ``fidelity_tag_labels`` (the tags alone) and ``prompt_label_check`` (what it left out:
     per finding, the prompts set unknown and their report ids)."""
@@ -99,7 +99,8 @@ def fidelity_both(held: HeldOut, probs_gen: np.ndarray, probs_real: np.ndarray,
                                              n_boot=n_boot, seed=seed)}
     from biomed.imaging.reports.mentions import MENTION_PATTERNS, text_checked_labels
 
-    checked = text_checked_labels(held.labels, held.label_names, held.prompts)
+    if checked is None:  # the text-checked labels, when the caller has not made them yet
+        checked = text_checked_labels(held.labels, held.label_names, held.prompts)
     left_out: dict[str, Any] = {}
     for name in MENTION_PATTERNS:
         if name in held.label_names:
