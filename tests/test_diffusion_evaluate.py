@@ -347,6 +347,31 @@ def test_perfect_generator_scores_high_and_a_prompt_blind_one_scores_chance(test
     assert good["diverged"] == 0
 
 
+def test_scores_rows_are_what_the_fidelity_with_suites_is_computed_from(test_split, tool):
+    from sklearn.metrics import roc_auc_score
+
+    st = E.EvalSettings(**SETTINGS)
+    ev = E.evaluate_generation(perfect_generator(lookup(test_split, st)), test_split, tool,
+                               settings=st, log=lambda _: None)
+    rows = ev.scores
+    groups = [r["group"] for r in rows]
+    n_neg = st.negation_pairs * len(E.NEGATION_FINDINGS)
+    assert groups.count("held_out") == ev.metrics["n_prompts"]
+    assert groups.count("laterality") == 2 * st.laterality_per_side * 2
+    assert groups.count("negation_negated") == groups.count("negation_stated") == n_neg
+    stated = [r for r in rows if r["group"] == "negation_stated" and r["finding"] == "effusion"]
+    assert all(r["label_effusion"] == 1 for r in stated)
+    negated = [r for r in rows if r["group"] == "negation_negated"]
+    assert all(r["label_effusion"] == 0 and r["label_cardiomegaly"] == 0 for r in negated)
+    for name in ("cardiomegaly", "effusion", "pneumothorax"):
+        scored = [r for r in rows if r[f"label_{name}"] != ""]
+        auroc = roc_auc_score([r[f"label_{name}"] for r in scored],
+                              [r[f"p_{name}"] for r in scored])
+        assert auroc == pytest.approx(ev.metrics[f"fidelity_suites_auroc_{name}"], abs=1e-3), name
+    left = [r for r in rows if r["group"] == "laterality" and r["side"] == "left"]
+    assert left and all(r["p_effusion_left"] >= 0 for r in left)
+
+
 def test_fid_and_diversity_catch_blank_and_collapsed_generators(test_split, tool):
     st = E.EvalSettings(**SETTINGS)
     table = lookup(test_split, st)
@@ -442,6 +467,13 @@ def test_run_writes_metrics_table_grid_and_report(tmp_path, classifier_dir, monk
     assert png_text(run / "grid.png")["synthetic"].startswith("true")
     assert "grid.png" in (run / "report.html").read_text()
     assert (run / "provenance.json").is_file()
+    import pandas as pd
+
+    scores = pd.read_csv(run / "scores.csv")
+    # every image but the diversity samples after the first of each of the 3 prompts
+    assert len(scores) == saved["images_generated"] - 3 * 2
+    assert {"group", "prompt", "seed", "p_effusion", "label_effusion"} <= set(scores.columns)
+    assert saved["files"]["scores"] == "scores.csv"
 
 
 def test_run_without_clip_skips_clip_metrics(tmp_path, classifier_dir, monkeypatch):

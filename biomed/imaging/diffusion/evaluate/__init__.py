@@ -35,8 +35,9 @@ project classifier on prompts whose ground truth is exact (the phantom's finding
 Everything is built on a generator callable ``generate(prompts, seeds) -> N x H x W images in
 [0, 1]`` (or `sample.Samples` with divergence flags), so it runs without a diffusion model in
 tests; the command makes a `sample.PipelineGenerator` from ``model_dir``. The run folder gets
-``metrics.json``, ``table.md`` (for docs/results.md), ``grid.png`` (real | samples per prompt)
-and ``report.html``.
+``metrics.json``, ``table.md`` (for docs/results.md), ``scores.csv`` (each scored image's prompt,
+labels and classifier probabilities), ``grid.png`` (real | samples per prompt) and
+``report.html``.
 
 The modules, in the order the evaluation uses them:
 
@@ -46,7 +47,7 @@ The modules, in the order the evaluation uses them:
   extractors.
 - `scoring`: AUROCs, the text check, side and negation scores, FID, diversity, flat numbers.
 - `evaluation`: `evaluate_generation`, which ties them together.
-- `tables`: ``table.md``, ``grid.png``, ``report.html``.
+- `tables`: ``table.md``, ``scores.csv``, ``grid.png``, ``report.html``.
 - `command`: ``run(cfg)`` and the Hydra ``main`` of ``biomed evaluate-generation`` (imported on
   its own, not here, so that the library does not import Hydra).
 """

@@ -87,6 +87,7 @@ class Evaluation:
     metrics: dict[str, Any]
     grid: np.ndarray | None = None
     grid_prompts: list[str] = field(default_factory=list)
+    scores: list[dict[str, Any]] = field(default_factory=list)  # scores.csv: one row per image
 
 
 def evaluate_generation(generate: GenerateFn, dataset: Any, tool: ClassifierTool, *,
@@ -115,6 +116,9 @@ def evaluate_generation(generate: GenerateFn, dataset: Any, tool: ClassifierTool
     feats = {"classifier": (feat_real[:n_fid], feat_gen[:n_fid])}
     pairs = {} if real2 is None else {"classifier": (feat_real[twice], tool(real2)[1])}
     held_labels = _held_labels(held, st.text_check)  # the prompts' labels, checked once
+    cases = plan.suite_cases()
+    probs_suite = (tool(np.stack([bank[(c.prompt, c.seed)] for c in cases]))[0] if cases
+                   else np.zeros((0, len(tool.labels)), np.float32))
     metrics: dict[str, Any] = {
         "n_prompts": len(held.prompts), "images_generated": len(bank),
         "diverged": int(sum(diverged.values())),
@@ -123,7 +127,7 @@ def evaluate_generation(generate: GenerateFn, dataset: Any, tool: ClassifierTool
         **fidelity_both(held, probs_gen, probs_real, tool.labels, st.text_check, n_boot, seed,
                         checked=held_labels if st.text_check else None),
         "fidelity_with_suites": fidelity_with_suites(
-            held, probs_gen, held_labels, plan.suite_cases(), bank, tool,
+            held, probs_gen, held_labels, cases, probs_suite, tool,
             plan.suite_findings(), n_boot=n_boot, seed=seed),
         "laterality": laterality_metrics(plan.laterality, bank, tool, held, probs_real,
                                          n_boot=n_boot, seed=seed),
@@ -143,7 +147,53 @@ def evaluate_generation(generate: GenerateFn, dataset: Any, tool: ClassifierTool
     metrics.update(flat_metrics(metrics))
     rows = min(int(st.grid_prompts), plan.diversity)
     grid = _grid(plan, bank, dataset, rows) if rows else None
-    return Evaluation(metrics, grid, held.prompts[:rows])
+    scores = score_rows(plan, held_labels, probs_gen, probs_suite, diverged, tool.labels)
+    return Evaluation(metrics, grid, held.prompts[:rows], scores)
+
+
+#: the leading columns of ``scores.csv``; then ``label_<finding>`` (the prompt's label, blank
+#: where unknown) and ``p_<finding>`` (the classifier's probability) per classifier label
+SCORE_COLUMNS = ("group", "item", "prompt", "seed", "finding", "side", "diverged")
+
+
+def score_rows(plan: Plan, held_labels: np.ndarray, probs_gen: np.ndarray,
+               probs_suite: np.ndarray, diverged: Mapping[tuple[str, int], bool],
+               labels: Sequence[str]) -> list[dict[str, Any]]:
+    """One row per scored image (``scores.csv``): which prompt group it belongs to
+    (``held_out``, ``laterality``, ``negation_negated``, ``negation_stated``), its prompt and
+    seed, the prompt's labels and the classifier's probabilities: what a fidelity AUROC is
+    computed from, so that a low one can be traced to the prompts behind it."""
+    from biomed.imaging.diffusion.evaluate.scoring import suite_labels
+
+    held = plan.held
+    col = {n: j for j, n in enumerate(held.label_names)}
+    rows: list[dict[str, Any]] = []
+
+    def add(group: str, item: int, prompt: str, seed: int, finding: str, side: str | None,
+            y: np.ndarray, p: np.ndarray) -> None:
+        row = {"group": group, "item": item, "prompt": prompt, "seed": seed, "finding": finding,
+               "side": side or "", "diverged": int(diverged.get((prompt, seed), False))}
+        for name in labels:
+            j = col.get(name)
+            v = y[j] if j is not None else np.nan
+            row[f"label_{name}"] = "" if not np.isfinite(v) else int(v)
+        for k, name in enumerate(labels):
+            row[f"p_{name}"] = round(float(p[k]), 5)
+        rows.append(row)
+
+    for i, prompt in enumerate(held.prompts):
+        add("held_out", i, prompt, held.image_seed(i), "", None, held_labels[i], probs_gen[i])
+    cases = plan.suite_cases()
+    y_suite = suite_labels(cases, held.label_names)
+    n_lat = len(plan.laterality)
+    for i, c in enumerate(cases):
+        if i < n_lat:
+            group, item = "laterality", i
+        else:  # suite_cases lists each pair's negated member, then its stated one
+            group = ("negation_negated", "negation_stated")[(i - n_lat) % 2]
+            item = (i - n_lat) // 2
+        add(group, item, c.prompt, c.seed, c.finding, c.side, y_suite[i], probs_suite[i])
+    return rows
 
 
 def _held_labels(held: Any, text_check: bool) -> np.ndarray:

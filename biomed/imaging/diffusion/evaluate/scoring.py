@@ -136,18 +136,17 @@ def suite_labels(cases: Sequence[Case], names: Sequence[str]) -> np.ndarray:
 
 
 def fidelity_with_suites(held: HeldOut, probs_gen: np.ndarray, held_labels: np.ndarray,
-                         cases: Sequence[Case], bank: Mapping[tuple[str, int], np.ndarray],
-                         tool: ClassifierTool, findings: Sequence[str], *, n_boot: int,
-                         seed: int) -> dict[str, Any]:
+                         cases: Sequence[Case], probs_suite: np.ndarray, tool: ClassifierTool,
+                         findings: Sequence[str], *, n_boot: int, seed: int) -> dict[str, Any]:
     """Prompt fidelity on every prompt the evaluation sampled: the held-out report prompts (their
-    text-checked labels ``held_labels``) plus the templated suite prompts (laterality and both
-    members of each negation pair, whose labels are exact). Few held-out reports state a
+    text-checked labels ``held_labels``) plus the templated suite prompts ``cases`` (laterality
+    and both members of each negation pair, whose labels are exact; ``probs_suite``: the
+    classifier's probabilities of their images, one row per case). Few held-out reports state a
     finding (3-18 of 100-200), so this is where a finding gets 30+ positive prompts; the
     templated share of the positives is reported beside the AUROC."""
     out: dict[str, Any] = {}
     if not cases:
         return out
-    probs_suite, _ = tool(np.stack([bank[(c.prompt, c.seed)] for c in cases]))
     y_suite = suite_labels(cases, held.label_names)
     for name in findings:
         k, j = tool.index(name), (held.label_names.index(name)

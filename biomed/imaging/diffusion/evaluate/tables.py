@@ -152,8 +152,12 @@ def _report_html(table: str, grid: bool, prompts: Sequence[str]) -> str:
 
 
 def write_outputs(run_dir: Path, metrics: dict[str, Any], ev: Evaluation) -> dict[str, str]:
-    """``table.md``, ``grid.png`` (when there are samples) and ``report.html``."""
+    """``table.md``, ``scores.csv`` (one row per scored image), ``grid.png`` (when there are
+    samples) and ``report.html``."""
     files = {"table": "table.md", "report": "report.html"}
+    if ev.scores:
+        write_scores(run_dir / "scores.csv", ev.scores)
+        files["scores"] = "scores.csv"
     table = markdown_table(metrics)
     (run_dir / "table.md").write_text(table, encoding="utf-8")
     if ev.grid is not None:
@@ -165,3 +169,14 @@ def write_outputs(run_dir: Path, metrics: dict[str, Any], ev: Evaluation) -> dic
     (run_dir / "report.html").write_text(_report_html(table, ev.grid is not None,
                                                       ev.grid_prompts), encoding="utf-8")
     return files
+
+
+def write_scores(path: Path, rows: list[dict[str, Any]]) -> None:
+    """The per-image rows of `biomed.imaging.diffusion.evaluate.evaluation.score_rows` as CSV
+    (pandas-readable; prompts quoted)."""
+    import csv
+
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
