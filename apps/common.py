@@ -113,17 +113,36 @@ def float_in(value: Any, lo: float, hi: float, name: str) -> float:
     return number
 
 
-def prompt_text(value: Any, name: str = "report text") -> str:
-    """A prompt as one line of plain text: not empty, at most `MAX_PROMPT_CHARS` characters,
-    control characters replaced by spaces."""
+def prompt_text(value: Any, name: str = "report text", keep_lines: bool = False) -> str:
+    """A prompt as plain text: not empty, at most `MAX_PROMPT_CHARS` characters, control
+    characters replaced by spaces and runs of spaces made one. One line, unless ``keep_lines``:
+    then its line breaks stay (a report's sections), blank lines at most one in a row."""
     if not isinstance(value, str):
         raise UserInputError(f"{name}: give some text")
-    text = " ".join("".join(c if c.isprintable() else " " for c in value).split())
+
+    def clean(line: str) -> str:
+        return " ".join("".join(c if c.isprintable() else " " for c in line).split())
+
+    if keep_lines:
+        lines = [clean(line) for line in value.splitlines()]
+        kept = [t for i, t in enumerate(lines) if t or (i and lines[i - 1])]
+        text = "\n".join(kept).strip("\n")
+    else:
+        text = clean(value)
     if not text:
         raise UserInputError(f"{name}: type a report first (or click an example)")
     if len(text) > MAX_PROMPT_CHARS:
         raise UserInputError(f"{name}: {len(text)} characters; at most {MAX_PROMPT_CHARS}")
     return text
+
+
+def display_label(name: str) -> str:
+    """A label as the page shows it: ``effusion_right`` -> ``effusion (right)``,
+    ``no_finding`` -> ``no finding``."""
+    base, _, side = str(name).rpartition("_")
+    if base and side in ("left", "right"):
+        return f"{base.replace('_', ' ')} ({side})"
+    return str(name).replace("_", " ")
 
 
 def describe_findings(findings: Iterable[Any]) -> str:

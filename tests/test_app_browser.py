@@ -27,6 +27,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.skipif(
 pytest.importorskip("gradio")
 playwright_api = pytest.importorskip("playwright.sync_api")
 
+from apps.common import display_label  # noqa: E402
 from apps.tabs import TABS  # noqa: E402
 from tests.helpers import dicom as D  # noqa: E402
 from tests.helpers.app import LABELS, PROMPT, app_cfg, open_tab, serve, tiny_models  # noqa: E402
@@ -116,7 +117,7 @@ def test_generate_read_and_every_tab_in_chromium(page, served, shots, tmp_path):
         path = D.save(D.make_dataset(), tmp_path / "chest.dcm")
         page.locator("#read-upload input[type=file]").set_input_files(path)
     for name in LABELS:
-        expect(page.locator("#read-probabilities")).to_contain_text(name)
+        expect(page.locator("#read-probabilities")).to_contain_text(display_label(name))
     page.locator("#read-gradcam img").first.wait_for()
     page.screenshot(path=str(shots / "read.png"), full_page=True)
 

@@ -66,6 +66,14 @@ def test_generates_with_provenance_png_and_dicom(ctx):
     assert PROMPT not in ds.DerivationDescription  # DICOM records the prompt's hash only
     assert f"seed {p['seed']}" in ds.DerivationDescription
     assert ds.PatientName == "SYNTHETIC^NOT A PATIENT"
+    # download names: the prompt's first words and hash, the typed seed, the image's number
+    stem = G.download_stem(PROMPT)
+    assert [f.name for f in gen.files] == [f"{stem}_seed3_{k}.{ext}" for k in (1, 2)
+                                           for ext in ("png", "dcm")]
+    other = G.download_stem(PROMPT + " Small left pneumothorax.")
+    assert stem.startswith("synthetic_") and other != stem  # two prompts never share a name
+    assert G.download_stem("../../etc/passwd").startswith("synthetic_etc-passwd_")
+    assert G.download_stem("!!!").startswith("synthetic_prompt_")
 
 
 def test_the_same_seed_gives_the_same_image(ctx):

@@ -13,6 +13,7 @@ import torch
 from omegaconf import OmegaConf
 
 from apps import retrieval
+from apps.common import display_label
 from apps.context import AppContext
 from apps.tabs import read_xray
 from biomed import sources
@@ -80,8 +81,8 @@ def test_reading_a_dicom_with_the_models(tmp_path: Path, ctx: AppContext) -> Non
     # Grad-CAM for the 3 most probable findings other than no_finding, as RGB overlays
     ranked = sorted((n for n in LABELS if n != "no_finding"),
                     key=lambda n: -reading.probabilities[n])[:3]
-    assert [c.split(" (")[0] for _, c in reading.gradcam] == [
-        f"Grad-CAM for {n.replace('_', ' ')}" for n in ranked]
+    assert [c.split(" (probability")[0] for _, c in reading.gradcam] == [
+        f"Grad-CAM for {display_label(n)}" for n in ranked]
     for rgb, _ in reading.gradcam:
         assert rgb.dtype == np.uint8 and rgb.shape == (*up.image.shape, 3)
     assert list(reading.zero_shot) == LABELS  # CLIP scores the classifier's findings
@@ -94,6 +95,18 @@ def test_reading_a_dicom_with_the_models(tmp_path: Path, ctx: AppContext) -> Non
     assert reading.notes == []
     page = read_xray.similar_markdown(ctx, reading.similar)
     assert reading.similar[0].ids[0] in page and "unknown here" in page  # no rate measured
+
+
+def test_the_page_shows_labels_in_words(tmp_path: Path, ctx: AppContext) -> None:
+    assert [display_label(n) for n in ("effusion_right", "no_finding", "low_lung_volumes",
+                                       "pneumothorax_left", "cardiomegaly")] == [
+        "effusion (right)", "no finding", "low lung volumes", "pneumothorax (left)",
+        "cardiomegaly"]
+    up = read_xray.read_file(ctx, _upload(tmp_path))
+    out = read_xray._outputs(ctx, up)
+    probs, zero = out[1], out[3]
+    assert list(probs) == [display_label(n) for n in LABELS] == list(zero)
+    assert "effusion (left)" in probs and not any("_" in k for k in probs)
 
 
 def test_probabilities_match_the_classifier(ctx: AppContext, models: dict) -> None:

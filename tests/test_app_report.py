@@ -49,6 +49,21 @@ def test_continues_the_text(tmp_path: Path, lm: tuple) -> None:
     assert greedy[0] == greedy[1]  # temperature 0: the most likely tokens, whatever the seed
 
 
+def test_the_sections_of_a_report_stay_on_their_lines(tmp_path: Path, lm: tuple) -> None:
+    ctx = _ctx(tmp_path, lm)
+    typed = "FINDINGS:\n\n\n  The heart is   normal.\x07\n\nIMPRESSION:\n"
+    out = report.continue_text(ctx, typed, 8, 0.0, 1.0, 0)
+    assert out["prompt"] == "FINDINGS:\n\nThe heart is normal.\n\nIMPRESSION:"
+    assert out["text"].startswith(out["prompt"])
+    from biomed.lm.generate import generate
+
+    model, tokenizer, _ = lm
+    # the model reads the line breaks: the same continuation as generate on the kept text
+    direct = generate(model, tokenizer, [out["prompt"]], max_new_tokens=8, temperature=0.0,
+                      top_p=1.0, num_samples=1, batch_size=1, seed=0)[0]["text"]
+    assert out["continuation"] == direct
+
+
 @pytest.mark.parametrize("args, named", [
     (("", 8, 0.8, 0.9, 0), "report text"),
     (("x" * 1001, 8, 0.8, 0.9, 0), "report text"),

@@ -38,6 +38,7 @@ gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
+from apps.common import display_label  # noqa: E402
 from tests.helpers import dicom as D  # noqa: E402
 from tests.helpers.app import LABELS, PROMPT, app_cfg, serve, tiny_models  # noqa: E402
 
@@ -233,7 +234,7 @@ def test_read_png(client, tmp_path):
     out = client.predict(handle_file(str(path)), api_name="/read_xray")
     image, probs, cams, zero, similar, header, status = out[:7]
     assert image is not None
-    assert {c["label"] for c in probs["confidences"]} == set(LABELS)
+    assert {c["label"] for c in probs["confidences"]} == {display_label(n) for n in LABELS}
     assert cams and "Grad-CAM" in cams[0]["caption"]
     assert zero["confidences"]
     assert "Similar cases" in similar and "CXR" in similar
@@ -249,7 +250,7 @@ def test_read_dicom_is_deidentified_and_deleted(client, served, tmp_path):
     path = D.save(D.make_dataset(), tmp_path / name)
     out = client.predict(handle_file(path), api_name="/read_xray")
     probs, header, status = out[1], out[5], out[6]
-    assert {c["label"] for c in probs["confidences"]} == set(LABELS)
+    assert {c["label"] for c in probs["confidences"]} == {display_label(n) for n in LABELS}
     assert "DICOM" in status and header["data"]
     shown = text_of(out)
     leaked = [v for v in D.identifying_values() if v in shown]
@@ -303,7 +304,7 @@ def test_read_example(client):
     if "Could not read" in status or not probs:
         assert "biomed data fetch" in status
         pytest.skip("RG1 is not in the data cache (biomed data fetch chest_dicom)")
-    assert {c["label"] for c in probs["confidences"]} == set(LABELS)
+    assert {c["label"] for c in probs["confidences"]} == {display_label(n) for n in LABELS}
 
 
 def test_report_continue(client):

@@ -306,7 +306,7 @@ def test_grad_cam_peaks_on_the_blob(trained):
     assert big.shape == (64, 64) and np.unravel_index(big.argmax(), big.shape)[1] >= 32
     rgb = overlay(img, cam)
     assert rgb.shape == (32, 32, 3) and rgb.dtype == np.uint8
-    assert rgb[r, c, 0] > rgb[r, c, 2]  # hot spots are red, the rest stays gray
+    assert rgb[r, c, 0] > rgb[r, c, 2]  # hot spots are orange-yellow, the rest stays gray
     low = np.unravel_index(cam.argmin(), cam.shape)
     assert len(set(rgb[low].tolist())) == 1
 

@@ -84,6 +84,7 @@ def generate(ctx: AppContext, prompt: Any, count: Any = 1, seed: Any = 0,
     model_id = ctx.pipeline.model_id
     out = Generated()
     folder = fresh_folder(ctx, "generate")
+    stem = download_stem(text)
     for k, (img, s, flag) in enumerate(zip(images, seeds, diverged, strict=True)):
         prov = {"synthetic": True, "model_id": model_id, **prompt_provenance(text, "text"),
                 "seed": s, "base_seed": seed, "k": k, "steps": steps, "guidance": guidance,
@@ -92,7 +93,7 @@ def generate(ctx: AppContext, prompt: Any, count: Any = 1, seed: Any = 0,
                   "prompt": text, "seed": str(s), "steps": str(steps),
                   "guidance": f"{guidance:g}", "scheduler": lim["scheduler"],
                   "software": SOFTWARE}
-        name = f"synthetic_seed{seed}_{k}"
+        name = f"{stem}_seed{seed}_{k + 1}"
         png = write_png16(folder / f"{name}.png", img, text=chunks)
         dcm = write_synthetic_dicom(folder / f"{name}.dcm", img, model_id=model_id, prompt=text,
                                     salt=session_key(ctx), seed=s, steps=steps,
@@ -101,6 +102,17 @@ def generate(ctx: AppContext, prompt: Any, count: Any = 1, seed: Any = 0,
         out.provenance.append(prov)
         out.files += [png, dcm]
     return out
+
+
+def download_stem(prompt: str, words: int = 4) -> str:
+    """The start of a download's file name: ``synthetic_`` + the prompt's first words + a short
+    hash of the whole prompt, so that images of two prompts never share a name
+    (``synthetic_moderate-left-pleural-effusion_3f9a1c``)."""
+    import hashlib
+    import re
+
+    slug = "-".join(re.findall(r"[a-z0-9]+", prompt.lower())[:words])[:40] or "prompt"
+    return f"synthetic_{slug}_{hashlib.sha256(prompt.encode()).hexdigest()[:6]}"
 
 
 def banner(gen: Generated | None = None) -> str:

@@ -28,7 +28,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from apps import retrieval, uploads
-from apps.common import DISCLAIMER, missing_note, safe_errors, session_key, to_uint8
+from apps.common import (
+    DISCLAIMER,
+    display_label,
+    missing_note,
+    safe_errors,
+    session_key,
+    to_uint8,
+)
 from biomed.errors import BiomedError, InputError
 from biomed.imaging.core import pixels
 
@@ -192,8 +199,8 @@ def gradcam_overlays(ctx: AppContext, image: np.ndarray, probabilities: dict[str
     for name in ranked:
         with ctx.lock("classifier"):
             cam = grad_cam(ctx.classifier, shown, labels.index(name))
-        caption = (f"Grad-CAM for {name.replace('_', ' ')} (probability "
-                   f"{probabilities[name]:.2f}): red where the classifier found evidence")
+        caption = (f"Grad-CAM for {display_label(name)} (probability "
+                   f"{probabilities[name]:.2f}): bright where the classifier found evidence")
         out.append((overlay(shown, cam), caption))
     return out
 
@@ -318,8 +325,11 @@ def status_markdown(upload: uploads.Upload, reading: Reading) -> str:
 def _outputs(ctx: AppContext, upload: uploads.Upload) -> tuple:
     """The values of the page's outputs for one read image (see `build`)."""
     reading = analyse(ctx, upload.image)
+    def shown(scores: dict[str, float]) -> dict[str, float] | None:
+        return {display_label(n): p for n, p in scores.items()} or None
+
     return (window_image(upload.base, upload.level, upload.width),
-            reading.probabilities or None, reading.gradcam, reading.zero_shot or None,
+            shown(reading.probabilities), reading.gradcam, shown(reading.zero_shot),
             similar_markdown(ctx, reading.similar), upload.header,
             status_markdown(upload, reading), upload.base,
             round(upload.level, 4), round(upload.width, 4))

@@ -101,7 +101,7 @@ def continue_text(ctx: AppContext, text: Any, max_new_tokens: Any = 64,
     from biomed.lm.generate import generate
 
     model, tokenizer = _model(ctx)
-    prompt = prompt_text(text, "report text")
+    prompt = prompt_text(text, "report text", keep_lines=True)  # sections stay lines
     n = int_in(max_new_tokens, 1, token_limit(ctx), "max new tokens")
     temp = float_in(temperature, 0.0, 2.0, "temperature")
     p = float_in(top_p, 0.01, 1.0, "top-p")

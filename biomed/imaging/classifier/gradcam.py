@@ -79,9 +79,16 @@ def grad_cam(model: nn.Module, image: np.ndarray, label_index: int,
     return cam.clamp(0, 1).cpu().numpy().astype(np.float32)
 
 
-def _jet(v: np.ndarray) -> np.ndarray:
-    """A jet-like colour map (blue -> cyan -> yellow -> red) of values in [0, 1]: H x W x 3."""
-    return np.stack([np.clip(1.5 - np.abs(4 * v - c), 0, 1) for c in (3, 2, 1)], axis=-1)
+#: the heat map's colours: perceptually uniform and readable with colour-vision deficiencies
+#: (matplotlib's inferno; jet, the usual Grad-CAM choice, is neither)
+HEAT_CMAP = "inferno"
+
+
+def _heat(v: np.ndarray) -> np.ndarray:
+    """`HEAT_CMAP` (black -> purple -> orange -> pale yellow) of values in [0, 1]: H x W x 3."""
+    from matplotlib import colormaps
+
+    return colormaps[HEAT_CMAP](np.clip(v, 0, 1))[..., :3].astype(np.float32)
 
 
 def overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.5) -> np.ndarray:
@@ -95,5 +102,5 @@ def overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.5) -> np.ndarra
     if cam.shape != img.shape:
         cam = pixels.resize(cam, img.shape)
     weight = (float(alpha) * cam)[..., None]
-    rgb = (1 - weight) * img[..., None] + weight * _jet(cam)
+    rgb = (1 - weight) * img[..., None] + weight * _heat(cam)
     return np.round(np.clip(rgb, 0, 1) * 255).astype(np.uint8)
