@@ -382,3 +382,32 @@ def test_long_prompts_are_truncated_with_one_warning(pipeline_dir):
                                      device="cpu")
     assert len([w for w in rec if "truncated" in str(w.message)]) == 1
     assert out.images.shape == (2, 32, 32)
+
+
+def test_the_pipelines_prompt_filter_is_applied_to_every_prompt(tmp_path, pipeline_dir):
+    """A pipeline saved with ``prompt_filter: drop_negated`` samples "Moderate cardiomegaly.
+    No pleural effusion." exactly as "Moderate cardiomegaly." (the text it was trained on); one
+    saved without a filter does not; a bad filter name is refused naming biomed.json."""
+    import shutil
+
+    filtered = tmp_path / "filtered" / "pipeline"
+    shutil.copytree(pipeline_dir, filtered)
+    (filtered / "biomed.json").write_text(json.dumps({"preset": "tiny-test",
+                                                      "prompt_filter": "drop_negated"}))
+    stated, both = "Moderate cardiomegaly.", "Moderate cardiomegaly. No pleural effusion."
+
+    def images(folder):
+        return sample.generate_images(folder, [stated, both], [4, 4], steps=2,
+                                      device="cpu").images
+
+    with_filter, without = images(filtered), images(pipeline_dir)
+    assert pipeline.load_pipeline(filtered).prompt_filter == "drop_negated"
+    assert np.abs(with_filter[0] - with_filter[1]).max() <= 1e-6
+    assert np.abs(without[0] - without[1]).max() > 1e-4
+    gen = sample.PipelineGenerator(filtered, {"steps": 2})
+    assert gen.loaded.model_prompts([both]) == [stated]
+    bad = tmp_path / "bad" / "pipeline"
+    shutil.copytree(pipeline_dir, bad)
+    (bad / "biomed.json").write_text(json.dumps({"prompt_filter": "negex"}))
+    with pytest.raises(InputError, match=r"biomed\.json.*prompt_filter"):
+        pipeline.load_pipeline(bad)

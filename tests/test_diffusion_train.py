@@ -126,6 +126,23 @@ def test_train_saves_a_pipeline_that_diffusers_loads_and_samples(trained, tmp_pa
     assert [r["step"] for r in rows if "val_loss" in r] == [2, 3]
     info = pipeline.pipeline_info(run)
     assert info["channels"] == 1 and info["prompt_length"] == 16 and info["ema"]
+    assert info["prompt_filter"] == "none" and same.prompt_filter == "none"
+
+
+def test_training_prompts_go_through_the_configured_filter():
+    class Reports:  # the dataset contract's text accessor, nothing else
+        def reports(self):
+            return ["Cardiomegaly.  No pleural   effusion.", "", "No acute disease."]
+
+    assert train.dataset_prompts(Reports()) == [
+        "Cardiomegaly. No pleural effusion.", "", "No acute disease."]
+    assert train.dataset_prompts(Reports(), "drop_negated") == [
+        "Cardiomegaly.", "", "No acute disease."]  # a row without text stays without
+    with pytest.raises(ConfigError, match="prompt_filter"):
+        train.dataset_prompts(Reports(), "negex")
+    card = model_card({"data": "phantom_iu", "prompt_filter": "drop_negated",
+                       "unet_params": 1, "text_encoder_params": 1, "vae_params": 1}, {})
+    assert "prompt_filter: drop_negated" in card and "any other loader must do the same" in card
 
 
 def test_scaling_factor_is_one_over_the_latent_std(trained):

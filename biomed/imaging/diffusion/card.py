@@ -28,6 +28,11 @@ def model_card(info: dict[str, Any], metrics: dict[str, Any]) -> str:
     images = ("procedurally rendered **phantom** chest radiographs (not patients' images) "
               "paired with real Indiana University report text whose findings they render"
               if phantom else f"the `{data}` dataset")
+    filtered = ("" if info.get("prompt_filter", "none") == "none" else
+                f" Each prompt's denied clauses (\"No pleural effusion.\") are removed first "
+                f"(`prompt_filter: {info.get('prompt_filter')}` in `biomed.json`, "
+                "`biomed.imaging.reports.prompts`): the workbench's sampler does it, and any "
+                "other loader must do the same.")
     return f"""---
 license: other
 tags: [text-to-image, diffusers, chest-x-ray, research-only, synthetic]
@@ -39,7 +44,7 @@ A `StableDiffusionPipeline` (VAE + conditional UNet + text encoder + scheduler) 
 
 ## Data
 Trained on {images}; prompts are the report's impression first, then its findings, truncated
-to {info.get('prompt_length')} tokens.
+to {info.get('prompt_length')} tokens.{filtered}
 
 ## Licence and intended use
 {licence_of(data)}

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from biomed.engine.devices import pick_device, pick_dtype
-from biomed.errors import InputError
+from biomed.errors import ConfigError, InputError
 from biomed.imaging.diffusion.model_index import check_model_index
 
 PIPELINE_SUBDIR = "pipeline"
@@ -143,6 +143,14 @@ class LoadedPipeline:
     model_id: str
     scheduler_config: dict = field(default_factory=dict)
     weights_sha256: str = ""
+    # biomed.json's prompt_filter: what the sampler does to each prompt, as in training
+    prompt_filter: str = "none"
+
+    def model_prompts(self, prompts: list[str]) -> list[str]:
+        """``prompts`` as the model is conditioned on them (`prompt_filter` applied)."""
+        from biomed.imaging.reports.prompts import apply_prompt_filter
+
+        return apply_prompt_filter(self.prompt_filter, [str(p) for p in prompts])
 
 
 def load_pipeline(model_dir: str | Path, device: str | None = None,
@@ -177,5 +185,11 @@ def _load_cached(folder: str, device: str, dtype: torch.dtype, _stamp: int) -> L
     pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     sha = weights_sha256(Path(folder))
+    from biomed.imaging.reports.prompts import check_prompt_filter
+
+    try:
+        prompt_filter = check_prompt_filter(pipeline_info(folder).get("prompt_filter"))
+    except (ConfigError, ValueError, AttributeError) as e:
+        raise InputError(Path(folder) / INFO_FILE, f"bad prompt_filter ({e})") from None
     return LoadedPipeline(pipe, Path(folder), model_id_of(Path(folder), sha),
-                          dict(pipe.scheduler.config), sha)
+                          dict(pipe.scheduler.config), sha, prompt_filter)

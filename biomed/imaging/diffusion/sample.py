@@ -232,6 +232,7 @@ def sample_batch(loaded: LoadedPipeline, prompts: list[str], seeds: list[int], *
                  width: int | None = None) -> np.ndarray:
     """One batch: raw decoded images (N x H x W, [0, 1] scale, unclipped, maybe non-finite)."""
     pipe = loaded.pipe
+    prompts = loaded.model_prompts(prompts)  # the pipeline's prompt filter, as in training
     pipe.scheduler = make_scheduler(scheduler, loaded.scheduler_config, latent_clip)
     # one CPU generator per image: the same noise on any device and in any batch
     generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
@@ -272,7 +273,7 @@ def generate_images(pipe_or_dir: Any, prompts: list[str], seeds: list[int], *,
     _check_sampling(scheduler, steps, guidance, batch_size)
     loaded = _as_loaded(pipe_or_dir, device)
     prompts = [str(p) for p in prompts]
-    _warn_truncated(loaded.pipe.tokenizer, prompts)
+    _warn_truncated(loaded.pipe.tokenizer, loaded.model_prompts(prompts))
     raw = [sample_batch(loaded, prompts[i:i + batch_size], seeds[i:i + batch_size],
                         scheduler=scheduler, steps=steps, guidance=guidance,
                         latent_clip=latent_clip, height=height, width=width)
@@ -357,8 +358,8 @@ class PipelineGenerator:
 
     def __call__(self, prompts: list[str], seeds: list[int]) -> Samples:
         tokenizer = self.loaded.pipe.tokenizer
-        self.truncated.update(p for p in dict.fromkeys(prompts)
-                              if p not in self.truncated and count_truncated(tokenizer, [p]))
+        self.truncated.update(p for p in dict.fromkeys(prompts) if p not in self.truncated
+                              and count_truncated(tokenizer, self.loaded.model_prompts([p])))
         return generate_images(self.loaded, prompts, seeds, scheduler=self.scheduler,
                                steps=self.steps, guidance=self.guidance,
                                batch_size=self.batch_size, latent_clip=self.latent_clip)
@@ -494,7 +495,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             "dtype": cfg.get("dtype")}, cfg.get("device"), prompt_policy=policy, salt=salt)
         jobs = [(p_i, p, k, image_seed(seed, p_i, k)) for p_i, p in enumerate(prompts)
                 for k in range(n)]
-        truncated = _warn_truncated(gen.loaded.pipe.tokenizer, [p.prompt for p in prompts])
+        truncated = _warn_truncated(gen.loaded.pipe.tokenizer,
+                                    gen.loaded.model_prompts([p.prompt for p in prompts]))
         lines, scores, first = [], [], []
         bar = _progress(len(jobs), bool(cfg.get("progress", True)))
         t_start = time.perf_counter()

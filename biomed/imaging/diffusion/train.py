@@ -72,10 +72,16 @@ def load_split(cfg: DictConfig, split: str) -> Dataset:
     return instantiate(cfg.data, split=split)
 
 
-def dataset_prompts(ds: Dataset) -> list[str]:
+def dataset_prompts(ds: Dataset, prompt_filter: str | None = None) -> list[str]:
     """Every row's report text as a prompt: the dataset contract's ``reports()``
-    (`biomed.imaging.data.contract.XrayDataset`), which decodes no image."""
-    return [prompt_text(t) for t in ds.reports()]
+    (`biomed.imaging.data.contract.XrayDataset`), which decodes no image; through
+    ``prompt_filter`` (`biomed.imaging.reports.prompts`) when one is given. A row without text
+    stays empty."""
+    from biomed.imaging.reports.prompts import apply_prompt_filter
+
+    texts = [prompt_text(t) for t in ds.reports()]
+    return [p if t else "" for p, t in zip(apply_prompt_filter(prompt_filter, texts), texts,
+                                           strict=True)]
 
 
 def dataset_ids(ds: Dataset) -> list[str]:
@@ -203,6 +209,7 @@ class Validation:
         self.engine, self.vae, self.tokenizer = engine, vae, tokenizer
         self.scheduler_config, self.val, self.v = scheduler_config, val, v
         self.out_dir, self.bf16, self.log = out_dir, bf16, log
+        self.prompt_filter = "none"  # the run's diffusion.prompt_filter, set by train_unet
 
     def __call__(self, model) -> dict[str, float]:
         plain = self.engine.unwrap(model)
@@ -240,11 +247,14 @@ class Validation:
                 "val_prompt_gain": 1.0 - mse_total / empty_total if empty_total else 0.0}
 
     def grid(self, plain: DiffusionModel) -> dict[str, float]:
+        from biomed.imaging.reports.prompts import apply_prompt_filter
+
         prompts, seeds = list(self.v.prompts), [int(s) for s in self.v.seeds]
+        shown = apply_prompt_filter(self.prompt_filter, prompts)  # as the saved pipeline will
         pipe = make_pipeline(self.vae, plain.sampling_text_encoder, self.tokenizer,
                                 plain.sampling_unet,
                                 dc.sampling_scheduler(self.scheduler_config, "dpmpp"))
-        samples = generate_images(pipe, [p for p in prompts for _ in seeds],
+        samples = generate_images(pipe, [p for p in shown for _ in seeds],
                                   [s for _ in prompts for s in seeds], steps=int(self.v.steps),
                                   guidance=float(self.v.guidance))
         step = self.engine.state.step
@@ -267,7 +277,7 @@ class Validation:
 def _rows(cfg: DictConfig, split: str, log=print) -> tuple[Dataset, list[int], list[str]]:
     """A split's dataset, the rows with report text, and their prompts."""
     ds = load_split(cfg, split)
-    prompts = dataset_prompts(ds)
+    prompts = dataset_prompts(ds, cfg.diffusion.get("prompt_filter"))
     keep = [i for i, p in enumerate(prompts) if p]
     if split == "train" and not keep:
         raise ConfigError(f"data={cfg.data.get('name', '?')}: no training row has report text "
@@ -418,6 +428,7 @@ def train_unet(cfg: DictConfig, run_dir: Path, comps: dc.Components, prompts: li
     bf16 = engine.precision == "bf16"
     validation = Validation(engine, comps.vae, text.tokenizer, comps.noise_scheduler.config, val,
                             d.validation, run_dir / "validation", bf16, log=log)
+    validation.prompt_filter = str(d.get("prompt_filter") or "none")
     params = {"unet_params": dc.count_parameters(unet),
               "text_encoder_params": dc.count_parameters(text.model),
               "vae_params": dc.count_parameters(comps.vae)}
@@ -467,6 +478,8 @@ def save(cfg: DictConfig, engine: Engine, comps: dc.Components, metrics: dict[st
         "prompt_length": metrics["prompt_length"], "vocab_size": metrics["vocab_size"],
         "prompt_format": "report impression first, then findings; whitespace collapsed; "
                          "truncated by the tokenizer at prompt_length tokens",
+        # applied by the workbench's sampler to every prompt (biomed.imaging.reports.prompts)
+        "prompt_filter": str(d.get("prompt_filter") or "none"),
         "text_encoder": comps.text.kind, "text_encoder_trained": comps.text.trainable,
         "pretrained": comps.pretrained, "prediction_type": metrics["prediction_type"],
         "noise_scheduler": {k: v for k, v in comps.noise_scheduler.config.items()
