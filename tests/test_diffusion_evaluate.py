@@ -472,7 +472,8 @@ def test_run_writes_metrics_table_grid_and_report(tmp_path, classifier_dir, monk
     scores = pd.read_csv(run / "scores.csv")
     # every image but the diversity samples after the first of each of the 3 prompts
     assert len(scores) == saved["images_generated"] - 3 * 2
-    assert {"group", "prompt", "seed", "p_effusion", "label_effusion"} <= set(scores.columns)
+    assert tuple(scores.columns[:len(E.SCORE_COLUMNS)]) == E.SCORE_COLUMNS
+    assert {"p_effusion", "label_effusion"} <= set(scores.columns)
     assert saved["files"]["scores"] == "scores.csv"
 
 

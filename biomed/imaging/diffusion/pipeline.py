@@ -31,6 +31,7 @@ import torch
 from biomed.engine.devices import pick_device, pick_dtype
 from biomed.errors import ConfigError, InputError
 from biomed.imaging.diffusion.model_index import check_model_index
+from biomed.imaging.reports.prompts import apply_prompt_filter, check_prompt_filter
 
 PIPELINE_SUBDIR = "pipeline"
 INFO_FILE = "biomed.json"
@@ -148,8 +149,6 @@ class LoadedPipeline:
 
     def model_prompts(self, prompts: list[str]) -> list[str]:
         """``prompts`` as the model is conditioned on them (`prompt_filter` applied)."""
-        from biomed.imaging.reports.prompts import apply_prompt_filter
-
         return apply_prompt_filter(self.prompt_filter, [str(p) for p in prompts])
 
 
@@ -185,8 +184,6 @@ def _load_cached(folder: str, device: str, dtype: torch.dtype, _stamp: int) -> L
     pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     sha = weights_sha256(Path(folder))
-    from biomed.imaging.reports.prompts import check_prompt_filter
-
     try:
         prompt_filter = check_prompt_filter(pipeline_info(folder).get("prompt_filter"))
     except (ConfigError, ValueError, AttributeError) as e:

@@ -53,9 +53,11 @@ The modules, in the order the evaluation uses them:
 """
 
 from biomed.imaging.diffusion.evaluate.evaluation import (
+    SCORE_COLUMNS,
     Evaluation,
     evaluate_generation,
     generate_all,
+    score_rows,
 )
 from biomed.imaging.diffusion.evaluate.instruments import ClassifierTool, penultimate_layer
 from biomed.imaging.diffusion.evaluate.scoring import flat_metrics
@@ -72,7 +74,8 @@ from biomed.imaging.diffusion.evaluate.suites import (
 )
 from biomed.imaging.diffusion.evaluate.tables import markdown_table, write_outputs
 
-__all__ = ["LATERALITY_FINDINGS", "NEGATION_FINDINGS", "Case", "ClassifierTool", "EvalSettings",
-           "Evaluation", "HeldOut", "NegationPair", "evaluate_generation", "flat_metrics",
-           "generate_all", "held_out_prompts", "laterality_cases", "markdown_table",
-           "negation_pairs", "penultimate_layer", "write_outputs"]
+__all__ = ["LATERALITY_FINDINGS", "NEGATION_FINDINGS", "SCORE_COLUMNS", "Case", "ClassifierTool",
+           "EvalSettings", "Evaluation", "HeldOut", "NegationPair", "evaluate_generation",
+           "flat_metrics", "generate_all", "held_out_prompts", "laterality_cases",
+           "markdown_table", "negation_pairs", "penultimate_layer", "score_rows",
+           "write_outputs"]
