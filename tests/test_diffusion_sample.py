@@ -411,3 +411,13 @@ def test_the_pipelines_prompt_filter_is_applied_to_every_prompt(tmp_path, pipeli
     (bad / "biomed.json").write_text(json.dumps({"prompt_filter": "negex"}))
     with pytest.raises(InputError, match=r"biomed\.json.*prompt_filter"):
         pipeline.load_pipeline(bad)
+
+
+def test_a_generator_warns_once_about_truncated_prompts_and_counts_them_all(pipeline_dir):
+    gen = sample.PipelineGenerator(pipeline_dir, {"steps": 1})
+    long = "large left pleural effusion " * 10
+    with pytest.warns(UserWarning, match="1 of 2 prompt.*said once") as rec:
+        gen([long, "Cardiomegaly."], [0, 1])
+        gen([long + "a", long + "b"], [2, 3])  # new long prompts: counted, not warned again
+    assert len([w for w in rec if "truncated" in str(w.message)]) == 1
+    assert gen.truncated == {long, long + "a", long + "b"}

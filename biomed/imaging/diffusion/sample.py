@@ -263,17 +263,20 @@ def generate_images(pipe_or_dir: Any, prompts: list[str], seeds: list[int], *,
                     scheduler: str = "dpmpp", steps: int = 20, guidance: float = 4.0,
                     batch_size: int = 8, device: str | None = None,
                     latent_clip: float | None = LATENT_CLIP, height: int | None = None,
-                    width: int | None = None) -> Samples:
+                    width: int | None = None, warn_truncated: bool = True) -> Samples:
     """Sample one image per (prompt, seed) pair, in batches; for in-process callers (evaluation,
     augmentation). ``pipe_or_dir``: a pipeline folder or run folder (loaded once and cached), a
     :class:`LoadedPipeline` or a ``StableDiffusionPipeline``; ``device`` applies to folders (auto:
-    CUDA in bfloat16 when there is one, else CPU in float32). Returns ``(images, diverged)``."""
+    CUDA in bfloat16 when there is one, else CPU in float32). Returns ``(images, diverged)``.
+    ``warn_truncated``: warn when prompts exceed the tokenizer (callers that sample many batches
+    and keep their own count, as `PipelineGenerator` does, turn it off)."""
     if len(prompts) != len(seeds):
         raise ConfigError(f"{len(prompts)} prompts but {len(seeds)} seeds")
     _check_sampling(scheduler, steps, guidance, batch_size)
     loaded = _as_loaded(pipe_or_dir, device)
     prompts = [str(p) for p in prompts]
-    _warn_truncated(loaded.pipe.tokenizer, loaded.model_prompts(prompts))
+    if warn_truncated:
+        _warn_truncated(loaded.pipe.tokenizer, loaded.model_prompts(prompts))
     raw = [sample_batch(loaded, prompts[i:i + batch_size], seeds[i:i + batch_size],
                         scheduler=scheduler, steps=steps, guidance=guidance,
                         latent_clip=latent_clip, height=height, width=width)
@@ -358,11 +361,17 @@ class PipelineGenerator:
 
     def __call__(self, prompts: list[str], seeds: list[int]) -> Samples:
         tokenizer = self.loaded.pipe.tokenizer
-        self.truncated.update(p for p in dict.fromkeys(prompts) if p not in self.truncated
-                              and count_truncated(tokenizer, self.loaded.model_prompts([p])))
+        new = [p for p in dict.fromkeys(prompts) if p not in self.truncated
+               and count_truncated(tokenizer, self.loaded.model_prompts([p]))]
+        if new and not self.truncated:  # once per generator: callers sample many batches
+            warnings.warn(f"{len(new)} of {len(set(prompts))} prompt(s) exceed the tokenizer's "
+                          f"{self.max_tokens} tokens and are truncated, as in training (said "
+                          "once; the generator's `truncated` counts them all)", stacklevel=2)
+        self.truncated.update(new)
         return generate_images(self.loaded, prompts, seeds, scheduler=self.scheduler,
                                steps=self.steps, guidance=self.guidance,
-                               batch_size=self.batch_size, latent_clip=self.latent_clip)
+                               batch_size=self.batch_size, latent_clip=self.latent_clip,
+                               warn_truncated=False)
 
     def raw(self, prompts: list[str], seeds: list[int]) -> np.ndarray:
         """One batch, decoded but not finished: N x H x W on the [0, 1] scale, unclipped, maybe
