@@ -325,6 +325,7 @@ def status_markdown(upload: uploads.Upload, reading: Reading) -> str:
 def _outputs(ctx: AppContext, upload: uploads.Upload) -> tuple:
     """The values of the page's outputs for one read image (see `build`)."""
     reading = analyse(ctx, upload.image)
+
     def shown(scores: dict[str, float]) -> dict[str, float] | None:
         return {display_label(n): p for n, p in scores.items()} or None
 

@@ -79,9 +79,7 @@ def dataset_prompts(ds: Dataset, prompt_filter: str | None = None) -> list[str]:
     stays empty."""
     from biomed.imaging.reports.prompts import apply_prompt_filter
 
-    texts = [prompt_text(t) for t in ds.reports()]
-    return [p if t else "" for p, t in zip(apply_prompt_filter(prompt_filter, texts), texts,
-                                           strict=True)]
+    return apply_prompt_filter(prompt_filter, [prompt_text(t) for t in ds.reports()])
 
 
 def dataset_ids(ds: Dataset) -> list[str]:
@@ -205,11 +203,12 @@ class Validation:
     """The engine's ``eval_fn`` of stage 2: held-out loss and a sample grid, EMA weights."""
 
     def __init__(self, engine: Engine, vae, tokenizer, scheduler_config, val: LatentPairs | None,
-                 v: DictConfig, out_dir: Path, bf16: bool, log=print):
+                 v: DictConfig, out_dir: Path, bf16: bool, log=print,
+                 prompt_filter: str | None = None):
         self.engine, self.vae, self.tokenizer = engine, vae, tokenizer
         self.scheduler_config, self.val, self.v = scheduler_config, val, v
         self.out_dir, self.bf16, self.log = out_dir, bf16, log
-        self.prompt_filter = "none"  # the run's diffusion.prompt_filter, set by train_unet
+        self.prompt_filter = prompt_filter  # the run's: the grid samples what the pipeline will
 
     def __call__(self, model) -> dict[str, float]:
         plain = self.engine.unwrap(model)
@@ -250,7 +249,7 @@ class Validation:
         from biomed.imaging.reports.prompts import apply_prompt_filter
 
         prompts, seeds = list(self.v.prompts), [int(s) for s in self.v.seeds]
-        shown = apply_prompt_filter(self.prompt_filter, prompts)  # as the saved pipeline will
+        shown = apply_prompt_filter(self.prompt_filter, prompts)
         pipe = make_pipeline(self.vae, plain.sampling_text_encoder, self.tokenizer,
                                 plain.sampling_unet,
                                 dc.sampling_scheduler(self.scheduler_config, "dpmpp"))
@@ -427,8 +426,8 @@ def train_unet(cfg: DictConfig, run_dir: Path, comps: dc.Components, prompts: li
                            empty_states=empty_states)
     bf16 = engine.precision == "bf16"
     validation = Validation(engine, comps.vae, text.tokenizer, comps.noise_scheduler.config, val,
-                            d.validation, run_dir / "validation", bf16, log=log)
-    validation.prompt_filter = str(d.get("prompt_filter") or "none")
+                            d.validation, run_dir / "validation", bf16, log=log,
+                            prompt_filter=d.get("prompt_filter"))
     params = {"unet_params": dc.count_parameters(unet),
               "text_encoder_params": dc.count_parameters(text.model),
               "vae_params": dc.count_parameters(comps.vae)}
